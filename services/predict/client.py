@@ -1,0 +1,134 @@
+"""Typed async client the gateway uses to score feature vectors on Triton over KServe v2 gRPC.
+
+The feature contract and model version come from the running Triton, never from a local copy, and every
+request is pinned to the version whose contract was read: a newer version with another feature order can
+then only fail loudly (ModelUnavailable, reload the contract), never score features in the wrong order.
+"""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from services.predict.contract import INPUT_TENSOR, OUTPUT_TENSOR, FeatureContract
+
+
+class PredictError(Exception):
+    """Scoring failed; the message names the model and what went wrong."""
+
+
+class InvalidFeatures(PredictError, ValueError):
+    """The feature matrix does not fit the model's contract, or Triton rejected it as invalid."""
+
+
+class ModelUnavailable(PredictError):
+    """Triton is unreachable, or the model (at the pinned version) is not loaded."""
+
+
+class PredictTimeout(PredictError, TimeoutError):
+    """The call ran past its timeout."""
+
+
+_ERRORS_BY_STATUS: dict[str, type[PredictError]] = {
+    "StatusCode.INVALID_ARGUMENT": InvalidFeatures,
+    "StatusCode.NOT_FOUND": ModelUnavailable,
+    "StatusCode.UNAVAILABLE": ModelUnavailable,
+    "StatusCode.DEADLINE_EXCEEDED": PredictTimeout,
+}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    contract: FeatureContract
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    scores: np.ndarray  # float32, one fraud probability per input row
+    model_name: str
+    model_version: str
+
+
+class PredictClient:
+    def __init__(self, url: str, model_name: str) -> None:
+        self._url = url
+        self._model_name = model_name
+        self._client = triton.InferenceServerClient(url)
+        self._served: ServedModel | None = None
+
+    @property
+    def served_model(self) -> ServedModel | None:
+        return self._served
+
+    async def load_contract(
+        self, *, timeout_s: float | None = None, headers: Mapping[str, str] | None = None
+    ) -> ServedModel:
+        """Read the feature contract from the model's config and pin the newest ready version."""
+        with self._translated_errors("reading the model config"):
+            response = await self._client.get_model_config(
+                self._model_name, headers=headers, client_timeout=timeout_s
+            )
+            metadata = await self._client.get_model_metadata(
+                self._model_name, headers=headers, client_timeout=timeout_s
+            )
+        parameters = {key: value.string_value for key, value in response.config.parameters.items()}
+        if not metadata.versions:
+            raise ModelUnavailable(f"{self._model_name} at {self._url} has no ready version")
+        try:
+            contract = FeatureContract.from_parameters(parameters)
+        except ValueError as error:
+            raise PredictError(f"{self._model_name} at {self._url}: {error}") from error
+        self._served = ServedModel(self._model_name, max(metadata.versions, key=int), contract)
+        return self._served
+
+    async def predict(
+        self, features: np.ndarray, *, timeout_s: float, headers: Mapping[str, str] | None = None
+    ) -> PredictResult:
+        """Score each row of `features`, ordered as the contract's feature names."""
+        if self._served is None:
+            raise RuntimeError("call load_contract() before predict(): the feature order comes from Triton")
+        served = self._served
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] != served.contract.width:
+            raise InvalidFeatures(
+                f"{served.name} version {served.version} takes rows of {served.contract.width} features "
+                f"(feature service {served.contract.feature_service}), got an array of shape {features.shape}"
+            )
+        request = InferInput(INPUT_TENSOR, list(features.shape), "FP32")
+        request.set_data_from_numpy(features)
+        with self._translated_errors(f"scoring with version {served.version}"):
+            result = await self._client.infer(
+                served.name,
+                [request],
+                model_version=served.version,
+                outputs=[InferRequestedOutput(OUTPUT_TENSOR)],
+                client_timeout=timeout_s,
+                headers=headers,
+            )
+        response = result.get_response()
+        return PredictResult(
+            result.as_numpy(OUTPUT_TENSOR)[:, 0], response.model_name, response.model_version
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "PredictClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @contextmanager
+    def _translated_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except InferenceServerException as error:
+            kind = _ERRORS_BY_STATUS.get(error.status(), PredictError)
+            raise kind(f"{action} on {self._model_name} at {self._url}: {error.message()}") from error

@@ -1,0 +1,156 @@
+"""Runs the real tritonserver binary that the nvidia-pytriton wheel ships in the triton environment.
+
+The triton environment (numpy 1.x, onnxruntime) is separate from the project's: the Python backend's stub
+embeds the first `python3` on PATH, and with numpy 2 there it reads every input as zeros. So this module
+uses only the standard library, and the server it starts gets the triton environment first on PATH.
+
+    python -m services.predict.tritonserver --model-repository services/predict/model_repository
+"""
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+TRITON_ENV_VARIABLE = "SCOREGRAPH_TRITON_ENV"
+DEFAULT_TRITON_ENV = Path(__file__).resolve().parents[2] / ".venv-triton"
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    env: Path
+    distribution: Path
+
+    @classmethod
+    def locate(cls, env: Path | None = None) -> "TritonInstallation":
+        env = Path(env or os.environ.get(TRITON_ENV_VARIABLE) or DEFAULT_TRITON_ENV).absolute()
+        binaries = sorted(env.glob("lib/python3.*/site-packages/pytriton/tritonserver/bin/tritonserver"))
+        if not binaries:
+            raise FileNotFoundError(
+                f"no tritonserver under {env}; set {TRITON_ENV_VARIABLE} to an environment "
+                "with nvidia-pytriton installed"
+            )
+        return cls(env, binaries[0].parents[1])
+
+    @property
+    def binary(self) -> Path:
+        return self.distribution / "bin" / "tritonserver"
+
+    @property
+    def libraries(self) -> Path:
+        return self.distribution.parents[1] / "nvidia_pytriton.libs"
+
+    @property
+    def python_version(self) -> str:
+        return self.distribution.parents[2].name.removeprefix("python")
+
+    def backend_directory(self) -> Path:
+        """A backend directory whose Python backend has the stub built for this environment's Python.
+
+        The wheel keeps one stub per Python version apart from the backend, and the backend looks for the stub
+        next to itself; pytriton copies the lot per run, links here do the same once, outside site-packages.
+        """
+        backends = self.env / "scoregraph-triton-backends"
+        python_backend = backends / "python"
+        python_backend.mkdir(parents=True, exist_ok=True)
+        sources = [*(self.distribution / "backends" / "python").iterdir()]
+        sources.append(
+            self.distribution / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
+        )
+        for source in sources:
+            link = python_backend / source.name
+            if link.is_symlink() and link.readlink() == source:
+                continue
+            # Replaced with a rename so servers starting side by side never see a missing or dangling link.
+            staged = link.with_name(f".{source.name}.{os.getpid()}")
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(source)
+            os.replace(staged, link)
+        return backends
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    argv: list[str]
+    env: dict[str, str]
+
+
+def server_command(
+    model_repository: Path,
+    *,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    model_control_mode: str = "none",
+    installation: TritonInstallation | None = None,
+    extra_args: Sequence[str] = (),
+) -> ServerCommand:
+    if model_control_mode not in MODEL_CONTROL_MODES:
+        raise ValueError(
+            f"model control mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}"
+        )
+    installation = installation or TritonInstallation.locate()
+    argv = [
+        str(installation.binary),
+        f"--model-repository={Path(model_repository).absolute()}",
+        f"--backend-directory={installation.backend_directory()}",
+        f"--grpc-port={grpc_port}",
+        f"--http-port={http_port}",
+        f"--metrics-port={metrics_port}",
+        f"--model-control-mode={model_control_mode}",
+        # Python-backend shared memory regions are named per server, so servers on one host never collide.
+        f"--backend-config=python,shm-region-prefix-name=scoregraph_triton_{grpc_port}_",
+    ]
+    if model_control_mode == "explicit":
+        argv.append("--load-model=*")
+    argv.extend(extra_args)
+
+    env = dict(os.environ)
+    # The stub's Python must see the triton environment's packages and nothing else.
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    env["PATH"] = os.pathsep.join(filter(None, [str(installation.env / "bin"), env.get("PATH")]))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        filter(None, [str(installation.libraries), env.get("LD_LIBRARY_PATH")])
+    )
+    return ServerCommand(argv, env)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.predict.tritonserver",
+        description="Exec tritonserver from the triton environment. Other options go to tritonserver.",
+    )
+    parser.add_argument("--model-repository", type=Path, required=True)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--model-control-mode",
+        choices=MODEL_CONTROL_MODES,
+        default="none",
+        help="none: load the repository at start, exit if a model fails; explicit: also load over the API",
+    )
+    parser.add_argument(
+        "--triton-env",
+        type=Path,
+        help=f"environment with nvidia-pytriton (default: ${TRITON_ENV_VARIABLE} or .venv-triton)",
+    )
+    args, extra_args = parser.parse_known_args(argv)
+    command = server_command(
+        args.model_repository,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        installation=TritonInstallation.locate(args.triton_env),
+        extra_args=extra_args,
+    )
+    os.execve(command.argv[0], command.argv, command.env)
+
+
+if __name__ == "__main__":
+    main()

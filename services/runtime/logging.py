@@ -1,0 +1,90 @@
+"""JSON logs on stdout, one object per line, with card numbers masked and the current trace's ids."""
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry import trace
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+# 12 to 19 digits (the PAN lengths the gateway accepts), optionally grouped by single spaces or dashes.
+# Deliberately broad: masking an order number by mistake is cheap, logging a card number is not.
+_CARD_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
+
+
+def _mask_card_number(match: re.Match[str]) -> str:
+    return "****" + re.sub(r"\D", "", match.group())[-4:]
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _CARD_NUMBER.sub(_mask_card_number, value)
+    if isinstance(value, dict):
+        return {key: _redact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # The JSON renderer would repr() it after this processor has run, e.g. a protobuf request.
+    return _redact(repr(value))
+
+
+def redact_card_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Mask anything that looks like a card number in every value, nested ones and tracebacks included."""
+    return {key: _redact(value) for key, value in event_dict.items()}
+
+
+def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Add the W3C ids of the current OpenTelemetry span, so a log line leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = trace.format_trace_id(context.trace_id)
+        event_dict["span_id"] = trace.format_span_id(context.span_id)
+    return event_dict
+
+
+def configure_logging(level: str, *, service: str, stream: TextIO = sys.stdout) -> None:
+    """Send structlog and standard-library logging (grpc, feast, ...) through one JSON renderer."""
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        timestamper,
+    ]
+
+    def add_service(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["service"] = service
+        return event_dict
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            add_service,
+            # Locals would put request objects, card numbers among them, into the log.
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            redact_card_numbers,
+            # After redaction: a hex trace id can contain a long run of decimal digits.
+            add_trace_context,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

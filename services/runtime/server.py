@@ -1,0 +1,136 @@
+"""gRPC server lifecycle shared by every service: health, reflection, error mapping, graceful drain."""
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.runtime.interceptors import StatusInterceptor
+from services.runtime.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+_SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """One gRPC service a server hosts, e.g.
+    `ServiceRegistration(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"], servicer,
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server)`.
+    """
+
+    descriptor: ServiceDescriptor
+    """Names the service for health checks and reflection."""
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    """The generated `add_<Service>Servicer_to_server` function."""
+
+
+class GrpcServer:
+    """A grpc.aio server with the stock health and reflection services and `StatusInterceptor`.
+
+    `interceptors` run outside `StatusInterceptor`, so they see the status it maps errors to.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        registrations: Sequence[ServiceRegistration],
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self._settings = settings
+        self._registrations = registrations
+        self._interceptors = interceptors
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port; differs from the configured one when that is 0."""
+        if self._port is None:
+            raise RuntimeError("the server has not been started")
+        return self._port
+
+    async def start(self) -> None:
+        """Bind, start, and report every hosted service SERVING."""
+        server = grpc.aio.server(
+            interceptors=[*self._interceptors, StatusInterceptor()],
+            maximum_concurrent_rpcs=self._settings.max_concurrent_rpcs,
+            # Linux allows several servers on one port by default; a second replica started on a taken
+            # port must fail, not silently split the traffic.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        names = [registration.descriptor.full_name for registration in self._registrations]
+        for registration in self._registrations:
+            registration.add_to_server(registration.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        self._port = server.add_insecure_port(f"{self._settings.host}:{self._settings.port}")
+        await server.start()
+        self._server = server
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", host=self._settings.host, port=self._port, services=names)
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, so balancers stop sending, then let in-flight calls finish within the grace
+        period; new calls are refused meanwhile."""
+        if self._server is None:
+            return
+        log.info("draining", grace_period_s=self._settings.grace_period_s)
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._settings.grace_period_s)
+        self._server = None
+        log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _metrics_endpoint(settings: ServiceSettings) -> AsyncIterator[None]:
+    if not settings.metrics_port:
+        yield
+        return
+    httpd, _ = start_http_server(settings.metrics_port, addr=settings.host)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(httpd.shutdown)
+        httpd.server_close()
+
+
+async def run(
+    settings: ServiceSettings,
+    registrations: Sequence[ServiceRegistration],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> None:
+    """Serve `registrations` and the Prometheus endpoint until SIGTERM or SIGINT, then drain.
+
+    Meant as the body of a service's `__main__`: `asyncio.run(run(settings, [registration]))`.
+    """
+    loop = asyncio.get_running_loop()
+    shutdown_requested = asyncio.Event()
+    for signum in _SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(signum, shutdown_requested.set)
+    try:
+        server = GrpcServer(settings, registrations, interceptors=interceptors)
+        async with _metrics_endpoint(settings):
+            await server.start()
+            try:
+                await shutdown_requested.wait()
+            finally:
+                await server.stop()
+    finally:
+        for signum in _SHUTDOWN_SIGNALS:
+            loop.remove_signal_handler(signum)

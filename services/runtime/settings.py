@@ -1,0 +1,62 @@
+"""Settings every scoregraph service shares, read from environment variables."""
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_addresses(value: object) -> object:
+    if isinstance(value, str):
+        return [address.strip() for address in value.split(",") if address.strip()]
+    return value
+
+
+def _check_addresses(addresses: list[str]) -> list[str]:
+    if not addresses:
+        raise ValueError("at least one host:port address is required")
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r} is not host:port")
+    return addresses
+
+
+# NoDecode: pydantic-settings would otherwise expect a JSON array in the environment variable.
+UpstreamAddresses = Annotated[
+    list[str], NoDecode, BeforeValidator(_split_addresses), AfterValidator(_check_addresses)
+]
+"""Replica addresses of one upstream, from `host:port,host:port`; each call may go to any of them."""
+
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+    BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
+]
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of one service process.
+
+    Each service subclasses this with its own `env_prefix` (e.g. `SCOREGRAPH_GATEWAY_`) and its own
+    defaults for the embedded stack, where all services share one host.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SCOREGRAPH_", use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds to; `0.0.0.0` or `[::]` in containers."""
+
+    port: int = Field(default=50051, ge=0, lt=65536)
+    """Port of the gRPC server; 0 picks a free one."""
+
+    metrics_port: int = Field(default=9464, ge=0, lt=65536)
+    """Port of the Prometheus `/metrics` endpoint, on the same interface as `host`; 0 disables it."""
+
+    log_level: LogLevel = "INFO"
+    """Least severe level logged: DEBUG, INFO, WARNING or ERROR."""
+
+    grace_period_s: float = Field(default=10.0, ge=0)
+    """Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled."""
+
+    max_concurrent_rpcs: int | None = Field(default=None, gt=0)
+    """RPCs served at once; further calls fail fast with RESOURCE_EXHAUSTED. Unset: no limit."""

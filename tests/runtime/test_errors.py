@@ -1,0 +1,119 @@
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.runtime.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    InvalidInput,
+    NotReady,
+    Overloaded,
+    ServiceError,
+    UpstreamFailed,
+)
+from tests.runtime.conftest import LogCapture
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TEST_PAN = "4111111111111111"
+REQUEST = gateway_pb2.ScoreRequest(transaction=gateway_pb2.Transaction(transaction_id="tx-1"))
+
+
+def raising(error: Exception):
+    async def score(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
+        raise error
+
+    return score
+
+
+async def failed_call(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryCall:
+    call = gateway_pb2_grpc.GatewayServiceStub(channel).Score(REQUEST, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    return call
+
+
+async def test_invalid_input_names_the_callers_fields(serve_gateway) -> None:
+    channel = await serve_gateway(
+        raising(
+            InvalidInput(
+                [
+                    FieldViolation("transaction.card_number", "must be 12 to 19 digits"),
+                    FieldViolation("transaction.amount.currency_code", "must be an ISO 4217 code"),
+                ]
+            )
+        )
+    )
+
+    call = await failed_call(channel)
+
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = await rpc_status.aio.from_call(call)
+    [detail] = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("transaction.card_number", "must be 12 to 19 digits"),
+        ("transaction.amount.currency_code", "must be an ISO 4217 code"),
+    ]
+
+
+async def test_upstream_failure_names_the_hop_and_keeps_its_message_in_logs(
+    serve_gateway, json_logs: LogCapture
+) -> None:
+    channel = await serve_gateway(
+        raising(UpstreamFailed("features", grpc.StatusCode.UNAVAILABLE, "redis at 10.0.0.7 refused"))
+    )
+
+    call = await failed_call(channel)
+
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE
+    assert await call.details() == "features failed: UNAVAILABLE"
+    [detail] = (await rpc_status.aio.from_call(call)).details
+    info = error_details_pb2.ErrorInfo()
+    assert detail.Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "UPSTREAM_FAILED",
+        "scoregraph",
+        {"hop": "features", "upstream_code": "UNAVAILABLE"},
+    )
+    [logged] = [r for r in json_logs.records() if r["event"] == "upstream failed"]
+    assert logged["upstream_message"] == "redis at 10.0.0.7 refused"
+
+
+async def test_unexpected_errors_are_internal_without_their_text(
+    serve_gateway, json_logs: LogCapture
+) -> None:
+    channel = await serve_gateway(raising(KeyError(f"no key for card {TEST_PAN}")))
+
+    call = await failed_call(channel)
+
+    assert await call.code() == grpc.StatusCode.INTERNAL
+    assert await call.details() == "internal error"
+    [logged] = [r for r in json_logs.records() if r["event"] == "unexpected error"]
+    assert logged["method"] == "/scoregraph.gateway.v1.GatewayService/Score"
+    assert logged["exception"][0]["exc_type"] == "KeyError"
+    assert TEST_PAN[-12:] not in json_logs.text
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (NotReady("model not loaded"), grpc.StatusCode.UNAVAILABLE),
+        (Overloaded("queue full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (DeadlineExceeded("2 ms left, predict needs 5 ms"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (UpstreamFailed("predict", grpc.StatusCode.DEADLINE_EXCEEDED, ""), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (UpstreamFailed("predict", grpc.StatusCode.RESOURCE_EXHAUSTED, ""), grpc.StatusCode.UNAVAILABLE),
+        # Our request was bad, not the caller's: INVALID_ARGUMENT would blame the caller.
+        (UpstreamFailed("predict", grpc.StatusCode.INVALID_ARGUMENT, ""), grpc.StatusCode.INTERNAL),
+    ],
+)
+async def test_domain_errors_map_to_status(serve_gateway, error: ServiceError, code: grpc.StatusCode) -> None:
+    channel = await serve_gateway(raising(error))
+
+    call = await failed_call(channel)
+
+    assert await call.code() == code
+    assert await call.details() == error.message
