@@ -84,6 +84,14 @@ $(MODEL): data/feast/materialized services/predict/training.py
 build: env protos features $(MODEL) ## build everything from nothing: environments, data, feature store, model
 	@echo "built: data/, Feast registry and online store, Triton repositories (CPU and GPU) with model card"
 
+# --- running ------------------------------------------------------------------------------------------------
+
+up: build ## start tritonserver and every service; Gateway.Score on localhost:50051 until Ctrl-C
+	$(PY) -m services.stack up
+
+demo: build ## build what is missing, start the stack, score live transactions, show the result, stop
+	$(PY) -m services.stack demo
+
 # --- checks --------------------------------------------------------------------------------------------------
 
 lint: $(VENV)/.installed ## ruff
@@ -98,4 +106,4 @@ test-unit: env protos ## only the tests that start no real dependency
 clean: ## remove everything generated (keeps the environments)
 	rm -rf data gen results services/predict/model_repository services/predict/model_repository_gpu
 
-.PHONY: help env protos lint-protos features build lint test test-unit clean
+.PHONY: help env protos lint-protos features build up demo lint test test-unit clean

@@ -271,6 +271,7 @@ def generate(spec: WorldSpec, anchor: datetime) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def default_anchor(now: datetime | None = None) -> datetime:
-    """Midnight UTC today: rebuilding on the same day gives identical data."""
+    """Midnight UTC yesterday: the live day is over by the time it is scored, so its transactions are not in
+    the future; rebuilding on the same day gives identical data."""
     now = now or datetime.now(UTC)
-    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)

@@ -1,0 +1,253 @@
+"""The Score graph: validate, translate, read features, predict, label. Knows no server, only upstreams."""
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import grpc
+import numpy as np
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from scoregraph.features.v1 import features_pb2, features_pb2_grpc
+from scoregraph.gateway.v1 import gateway_pb2
+from scoregraph.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
+
+from services.gateway.assessment import Assessment, Reason, Verdict
+from services.gateway.codec import UnknownLabel, decode_label
+from services.gateway.deadline import Deadline
+from services.gateway.settings import GatewaySettings
+from services.gateway.translate import summarize_features, translate_transaction
+from services.gateway.validation import CreatedAtWindow, validate_score_request
+from services.predict.client import (
+    InvalidFeatures,
+    ModelUnavailable,
+    PredictError,
+    PredictResult,
+    PredictTimeout,
+    ServedModel,
+)
+from services.runtime.errors import UpstreamFailed
+
+log = structlog.get_logger(__name__)
+
+FEATURES = "features"
+PREDICT = "predict"
+POSTPROCESS = "postprocess"
+
+_PREDICT_ERROR_CODES = (
+    (PredictTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (InvalidFeatures, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+class Predictor(Protocol):
+    """Scores feature rows ordered as the served model's contract (TritonReplicas, in production)."""
+
+    async def predict(
+        self, features: np.ndarray, *, timeout_s: float, headers: Mapping[str, str] | None = None
+    ) -> PredictResult: ...
+
+
+class HopFailed(Exception):
+    """A hop gave no usable answer; the policy decides whether the request degrades or fails."""
+
+    def __init__(self, hop: str, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{hop} failed: {code.name}")
+        self.hop = hop
+        self.code = code
+        self.message = message
+
+
+class ScoreGraph:
+    """Answers Score requests by calling the features, predict and postprocess hops in turn.
+
+    Every hop gets what remains of the caller's deadline. A failing hop degrades the verdict to UNCERTAIN
+    or fails the call, as `on_dependency_failure` says; an upstream's INVALID_ARGUMENT always fails it,
+    since it means the gateway sent a malformed request.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        features: features_pb2_grpc.FeaturesServiceStub,
+        predictor: Predictor,
+        served_model: ServedModel,
+        postprocess: postprocess_pb2_grpc.PostprocessServiceStub,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._features = features
+        self._predictor = predictor
+        self._served = served_model
+        self._postprocess = postprocess
+        self._tracer = tracer
+        self._card_key = settings.card_key.get_secret_value()
+        self._default_budget_s = settings.default_deadline_ms / 1000
+        self._reserve_s = settings.hop_reserve_ms / 1000
+        self._fail_on_dependency_failure = settings.on_dependency_failure == "fail"
+        self._created_at_window = CreatedAtWindow(settings.max_clock_skew_s, settings.max_transaction_age_s)
+
+    async def score(
+        self, request: gateway_pb2.ScoreRequest, *, budget_s: float | None, parent: Context | None = None
+    ) -> Assessment:
+        """Score `request` within `budget_s` (the default deadline when None), in a span under `parent`."""
+        started = time.perf_counter()
+        deadline = Deadline(
+            self._default_budget_s if budget_s is None else budget_s, reserve_s=self._reserve_s
+        )
+        with self._tracer.start_as_current_span("score", context=parent) as span:
+            validate_score_request(request, now=time.time(), window=self._created_at_window)
+            tx = request.transaction
+            # One carrier for all hops: each is a child of this span.
+            headers: dict[str, str] = {}
+            propagate.inject(headers)
+            metadata = tuple(headers.items())
+
+            failures: list[HopFailed] = []
+            summary: postprocess_pb2.FeatureSummary | None = None
+            prediction: PredictResult | None = None
+            try:
+                features = await self._read_features(tx, deadline, metadata)
+                summary = summarize_features(features)
+                prediction = await self._predict(features, deadline, headers)
+            except HopFailed as failure:
+                self._fail_unless_degradable(failure)
+                failures.append(failure)
+
+            label_request = _label_request(prediction, summary, failures)
+            try:
+                verdict, reasons = await self._label(label_request, deadline, metadata)
+            except HopFailed as failure:
+                self._fail_unless_degradable(failure)
+                failures.append(failure)
+                verdict, reasons = Verdict.UNCERTAIN, _failure_reasons(failures)
+
+            assessment = Assessment(
+                transaction_id=tx.transaction_id,
+                verdict=verdict,
+                score=label_request.score if label_request.HasField("score") else None,
+                model_name=label_request.model_name,
+                model_version=label_request.model_version,
+                reasons=reasons,
+                degraded=bool(failures or summary is None or summary.missing_count or summary.stale_count),
+                trace_id=trace.format_trace_id(span.get_span_context().trace_id),
+            )
+            span.set_attribute("scoregraph.verdict", verdict.name)
+            span.set_attribute("scoregraph.degraded", assessment.degraded)
+            log.info(
+                "scored",
+                transaction_id=tx.transaction_id,
+                verdict=verdict.name,
+                degraded=assessment.degraded,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                failed_hops=[
+                    {"hop": failure.hop, "code": failure.code.name, "message": failure.message}
+                    for failure in failures
+                ],
+            )
+            return assessment
+
+    def _fail_unless_degradable(self, failure: HopFailed) -> None:
+        if self._fail_on_dependency_failure or failure.code is grpc.StatusCode.INVALID_ARGUMENT:
+            raise UpstreamFailed(failure.hop, failure.code, failure.message) from failure
+
+    async def _read_features(
+        self, tx: gateway_pb2.Transaction, deadline: Deadline, metadata: Sequence[tuple[str, str]]
+    ) -> features_pb2.GetFeaturesResponse:
+        request = translate_transaction(tx, self._card_key, self._served.contract.feature_service)
+        try:
+            response = await self._features.GetFeatures(
+                request, timeout=deadline.hop_timeout_s(FEATURES), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HopFailed(FEATURES, error.code(), error.details() or "") from error
+        self._check_contract(response)
+        return response
+
+    def _check_contract(self, response: features_pb2.GetFeaturesResponse) -> None:
+        """Fail the features hop unless its answer is in exactly the order the served model expects."""
+        expected = self._served.contract.feature_names
+        names = tuple(response.feature_names)
+        if names != expected:
+            raise HopFailed(
+                FEATURES,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"feature service {self._served.contract.feature_service} answered features "
+                f"{_first_difference(names, expected)}; model {self._served.name} version "
+                f"{self._served.version} was trained on {len(expected)} features in its contract's order",
+            )
+        if len(response.values) != len(names) or len(response.statuses) != len(names):
+            raise HopFailed(
+                FEATURES,
+                grpc.StatusCode.INTERNAL,
+                f"{len(names)} feature names came with {len(response.values)} values and "
+                f"{len(response.statuses)} statuses",
+            )
+
+    async def _predict(
+        self, features: features_pb2.GetFeaturesResponse, deadline: Deadline, headers: Mapping[str, str]
+    ) -> PredictResult:
+        # NaN (missing) stays NaN: the model imputes missing features itself.
+        row = np.array(features.values, dtype=np.float32).reshape(1, -1)
+        timeout_s = deadline.hop_timeout_s(PREDICT)
+        try:
+            return await self._predictor.predict(row, timeout_s=timeout_s, headers=headers)
+        except PredictError as error:
+            code = next(
+                (code for kind, code in _PREDICT_ERROR_CODES if isinstance(error, kind)),
+                grpc.StatusCode.UNKNOWN,
+            )
+            raise HopFailed(PREDICT, code, str(error)) from error
+
+    async def _label(
+        self,
+        request: postprocess_pb2.LabelRequest,
+        deadline: Deadline,
+        metadata: Sequence[tuple[str, str]],
+    ) -> tuple[Verdict, tuple[Reason, ...]]:
+        try:
+            response = await self._postprocess.Label(
+                request, timeout=deadline.hop_timeout_s(POSTPROCESS), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            raise HopFailed(POSTPROCESS, error.code(), error.details() or "") from error
+        try:
+            return decode_label(response)
+        except UnknownLabel as error:
+            raise HopFailed(POSTPROCESS, grpc.StatusCode.UNKNOWN, str(error)) from error
+
+
+def _label_request(
+    prediction: PredictResult | None,
+    summary: postprocess_pb2.FeatureSummary | None,
+    failures: Sequence[HopFailed],
+) -> postprocess_pb2.LabelRequest:
+    return postprocess_pb2.LabelRequest(
+        model_name="" if prediction is None else prediction.model_name,
+        model_version="" if prediction is None else prediction.model_version,
+        score=None if prediction is None else float(prediction.scores[0]),
+        feature_summary=summary,
+        failed_hops=[
+            postprocess_pb2.FailedHop(hop=failure.hop, status_code=failure.code.name) for failure in failures
+        ],
+    )
+
+
+def _first_difference(names: tuple[str, ...], expected: tuple[str, ...]) -> str:
+    for position, (name, wanted) in enumerate(zip(names, expected, strict=False)):
+        if name != wanted:
+            return f"with {name!r} at position {position} where the model expects {wanted!r}"
+    return f"{len(names)} in number where the model expects {len(expected)}"
+
+
+def _failure_reasons(failures: Sequence[HopFailed]) -> tuple[Reason, ...]:
+    """Reasons for an UNCERTAIN verdict the gateway reaches without the label policy, last failure first."""
+    return tuple(
+        Reason(
+            f"{failure.hop.upper()}_FAILED",
+            f"the {failure.hop} service failed with {failure.code.name}",
+        )
+        for failure in reversed(failures)
+    )

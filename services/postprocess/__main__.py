@@ -1,0 +1,33 @@
+"""`python -m services.postprocess`: serve PostprocessService until SIGTERM, with the policies in
+`SCOREGRAPH_POSTPROCESS_POLICY_DIR`."""
+
+import asyncio
+
+import structlog
+
+from services.postprocess.policy import PolicyCatalogue, PolicyError
+from services.postprocess.servicer import postprocess_registration
+from services.postprocess.settings import PostprocessSettings
+from services.runtime.logging import configure_logging
+from services.runtime.server import run
+
+log = structlog.get_logger("services.postprocess")
+
+
+def main() -> None:
+    settings = PostprocessSettings()
+    configure_logging(settings.log_level, service="postprocess")
+    try:
+        policies = PolicyCatalogue.load(settings.policy_dir, settings.fallback_policy)
+    except PolicyError as error:
+        log.error("label policies invalid", error=str(error))
+        raise SystemExit(1) from error
+    log.info(
+        "label policies loaded",
+        policies={name: policy.policy_version for name, policy in policies.policies.items()},
+    )
+    asyncio.run(run(settings, [postprocess_registration(policies)]))
+
+
+if __name__ == "__main__":
+    main()

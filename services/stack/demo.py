@@ -1,0 +1,127 @@
+"""make demo: start the stack, score live transactions through Gateway.Score, show what came back, stop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.stack.supervisor import wait_until_serving
+from services.stack.topology import REPO, StackSettings, processes
+from services.stack.traffic import fraud_enriched_sample, load_live, score_request
+
+SAMPLE_SIZE = 300
+FRAUD_SHARE = 0.2
+DEADLINE_S = 2.0
+FLAGGED = {"SUSPICIOUS", "HIGHLY_SUSPICIOUS"}
+
+
+@dataclass(frozen=True)
+class Scored:
+    transaction_id: str
+    amount: str
+    channel: str
+    truth: str
+    verdict: str
+    score: float | None
+    reasons: list[str]
+    degraded: bool
+    latency_ms: float
+    error: str = ""
+
+
+def verdict_name(verdict: int) -> str:
+    return gateway_pb2.Verdict.Name(verdict).removeprefix("VERDICT_")
+
+
+def score_all(address: str, sample) -> list[Scored]:
+    results = []
+    with grpc.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        for row in sample.itertuples(index=False):
+            request = score_request(row)
+            amount = f"{row.amount_minor / 100:,.2f} {row.currency_code}"
+            truth = row.fraud_pattern if row.is_fraud else "legit"
+            started = time.perf_counter()
+            try:
+                reply = stub.Score(request, timeout=DEADLINE_S)
+            except grpc.RpcError as error:
+                latency = (time.perf_counter() - started) * 1e3
+                results.append(Scored(row.transaction_id, amount, row.channel, truth, "ERROR", None, [], False,
+                                      latency, error.code().name))
+                continue
+            latency = (time.perf_counter() - started) * 1e3
+            results.append(
+                Scored(
+                    row.transaction_id, amount, row.channel, truth, verdict_name(reply.verdict),
+                    reply.score if reply.HasField("score") else None,
+                    [reason.code for reason in reply.reasons], reply.degraded, latency,
+                )
+            )
+    return results
+
+
+def show(console: Console, results: list[Scored]) -> None:
+    table = Table(title="A sample of the scored live transactions", title_justify="left")
+    for column in ("transaction", "amount", "channel", "ground truth", "verdict", "score", "reasons", "ms"):
+        table.add_column(column, justify="right" if column in ("amount", "score", "ms") else "left")
+    fraud = [r for r in results if r.truth != "legit"]
+    legit = [r for r in results if r.truth == "legit"]
+    colour = {"NOT_FRAUD": "green", "SUSPICIOUS": "yellow", "HIGHLY_SUSPICIOUS": "red", "UNCERTAIN": "magenta"}
+    for r in fraud[:6] + legit[:8]:
+        table.add_row(
+            r.transaction_id, r.amount, r.channel, r.truth,
+            f"[{colour.get(r.verdict, 'bold red')}]{r.verdict}[/]",
+            "-" if r.score is None else f"{r.score:.3f}", ", ".join(r.reasons[:2]) or r.error,
+            f"{r.latency_ms:.1f}",
+        )
+    console.print(table)
+
+    counts = Counter(r.verdict for r in results)
+    latency = np.array([r.latency_ms for r in results])
+    caught = sum(r.verdict in FLAGGED for r in fraud)
+    cleared = sum(r.verdict == "NOT_FRAUD" for r in legit)
+    false_alarms = sum(r.verdict in FLAGGED for r in legit)
+    console.print(f"\n[bold]Summary[/] of {len(results)} live transactions ({len(fraud)} fraudulent by the "
+                  f"generator's ground truth; the sample is enriched with fraud so there is some to see):")
+    console.print("  verdicts:      " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    console.print(f"  fraud:         {caught}/{len(fraud)} flagged SUSPICIOUS or HIGHLY_SUSPICIOUS "
+                  f"({caught / max(len(fraud), 1):.0%})")
+    console.print(f"  legitimate:    {cleared}/{len(legit)} NOT_FRAUD ({cleared / max(len(legit), 1):.0%}), "
+                  f"{false_alarms} flagged")
+    console.print(f"  degraded:      {sum(r.degraded for r in results)}; "
+                  f"errors: {sum(r.verdict == 'ERROR' for r in results)}")
+    console.print(f"  latency (one call at a time, client side): p50 {np.percentile(latency, 50):.2f} ms, "
+                  f"p99 {np.percentile(latency, 99):.2f} ms, max {latency.max():.2f} ms")
+
+
+def main() -> int:
+    console = Console()
+    settings = StackSettings()
+    log_path = REPO / "data" / "demo-stack.log"
+    console.print(f"Starting the stack (logs in {log_path.relative_to(REPO)}) ...")
+    with open(log_path, "w") as log:
+        stack = subprocess.Popen([sys.executable, "-m", "services.stack", "up"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            pending = wait_until_serving([p.health_address for p in processes(settings)], settings.ready_timeout_s)
+            if pending or stack.poll() is not None:
+                console.print(f"[red]the stack did not come up ({pending or 'exited'}); see {log_path}[/]")
+                return 1
+            address = f"{settings.host}:{settings.gateway_port}"
+            sample = fraud_enriched_sample(load_live(), SAMPLE_SIZE, FRAUD_SHARE)
+            console.print(f"Scoring {len(sample)} live transactions through Gateway.Score at {address} ...")
+            show(console, score_all(address, sample))
+        finally:
+            stack.send_signal(signal.SIGTERM)
+            stack.wait(timeout=30)
+    console.print("Stack stopped.")
+    return 0

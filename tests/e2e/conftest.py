@@ -1,0 +1,77 @@
+"""The whole local stack, started as `make up` starts it (python -m services.stack up), on ports of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pandas as pd
+import pytest
+from scoregraph.gateway.v1 import gateway_pb2_grpc
+
+from services.stack.supervisor import wait_until_serving
+from services.stack.topology import REPO, StackSettings, processes
+from services.stack.traffic import load_live
+
+# Away from the defaults, so a developer's `make up` and the tests don't fight over ports.
+TEST_PORTS = {
+    "GATEWAY_PORT": 52051, "FEATURES_PORT": 52061, "POSTPROCESS_PORT": 52071, "TRITON_PORT": 52001,
+    "METRICS_PORT": 52464,
+}
+
+
+@dataclass
+class RunningStack:
+    settings: StackSettings
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.settings.host}:{self.settings.gateway_port}"
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+
+def start_stack(log: Path, **overrides: int) -> RunningStack:
+    ports = {**TEST_PORTS, **overrides}
+    env = {**os.environ, **{f"SCOREGRAPH_STACK_{k}": str(v) for k, v in ports.items()}}
+    settings = StackSettings(**{k.lower(): v for k, v in ports.items()})
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.stack", "up"], cwd=REPO, env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    stack = RunningStack(settings, process, log)
+    pending = wait_until_serving([p.health_address for p in processes(settings)], settings.ready_timeout_s)
+    if pending or process.poll() is not None:
+        stack.stop()
+        pytest.fail(f"stack not serving ({pending or 'exited'}):\n{log.read_text()[-4000:]}")
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[RunningStack]:
+    running = start_stack(tmp_path_factory.mktemp("stack") / "stack.log")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+    with grpc.insecure_channel(stack.gateway) as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def live() -> pd.DataFrame:
+    return load_live()

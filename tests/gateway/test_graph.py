@@ -1,0 +1,310 @@
+import math
+
+import grpc
+import numpy as np
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from scoregraph.postprocess.v1 import postprocess_pb2
+from structlog.testing import capture_logs
+
+from services.features.keys import DEV_CARD_KEY, card_id
+from services.gateway.assessment import Reason, Verdict
+from services.predict.client import InvalidFeatures, ModelUnavailable, PredictError, PredictTimeout
+from services.runtime.errors import DeadlineExceeded, InvalidInput, UpstreamFailed
+from tests.gateway.transactions import TEST_PAN, valid_request
+from tests.gateway.upstream_fakes import (
+    FEATURE_NAMES,
+    FEATURE_SERVICE,
+    MISSING,
+    PRESENT,
+    failing,
+    features_answer,
+    label_answer,
+    raising,
+    slow,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BUDGET_S = 5.0
+HOPS = ("features", "predict", "postprocess")
+
+
+def failed_hops(call) -> list[tuple[str, str]]:
+    return [(hop.hop, hop.status_code) for hop in call.request.failed_hops]
+
+
+async def test_scores_through_every_hop(make_graph, upstreams) -> None:
+    upstreams.postprocess.answer = label_answer(
+        postprocess_pb2.LABEL_SUSPICIOUS, ("SCORE_ABOVE_SUSPICIOUS_THRESHOLD", "0.63 >= 0.5")
+    )
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert assessment.transaction_id == "tx-0001"
+    assert assessment.verdict is Verdict.SUSPICIOUS
+    assert assessment.score == pytest.approx(0.625)
+    assert (assessment.model_name, assessment.model_version) == ("fraud_mlp", "3")
+    assert assessment.reasons == (Reason("SCORE_ABOVE_SUSPICIOUS_THRESHOLD", "0.63 >= 0.5"),)
+    assert assessment.degraded is False
+
+    [features] = upstreams.features.calls
+    assert features.request.feature_service == FEATURE_SERVICE
+    assert features.request.entity_keys.card_id == card_id(TEST_PAN, DEV_CARD_KEY)
+    [predict] = upstreams.predictor.calls
+    np.testing.assert_array_equal(predict.request, np.array([[12.34, 2.0, 400.0]], dtype=np.float32))
+    [label] = upstreams.postprocess.calls
+    assert label.request.score == pytest.approx(0.625)
+    assert (label.request.model_name, label.request.model_version) == ("fraud_mlp", "3")
+    assert label.request.feature_summary.present_count == 3
+    assert failed_hops(label) == []
+
+
+async def test_missing_features_reach_the_model_as_nan_and_degrade_the_verdict(make_graph, upstreams) -> None:
+    upstreams.features.answer = features_answer(
+        values=(12.34, math.nan, 400.0), statuses=(PRESENT, MISSING, PRESENT)
+    )
+    upstreams.postprocess.answer = label_answer(postprocess_pb2.LABEL_NOT_FRAUD)
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    [predict] = upstreams.predictor.calls
+    assert math.isnan(predict.request[0, 1])
+    [label] = upstreams.postprocess.calls
+    assert list(label.request.feature_summary.missing_features) == ["txn_count_1h"]
+    assert (assessment.verdict, assessment.degraded) == (Verdict.NOT_FRAUD, True)
+
+
+async def test_features_in_another_order_are_never_scored(make_graph, upstreams) -> None:
+    swapped = (FEATURE_NAMES[1], FEATURE_NAMES[0], FEATURE_NAMES[2])
+    upstreams.features.answer = features_answer(names=swapped)
+    upstreams.postprocess.answer = label_answer(postprocess_pb2.LABEL_UNCERTAIN)
+
+    with capture_logs() as logs:
+        assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert upstreams.predictor.calls == []
+    [label] = upstreams.postprocess.calls
+    assert failed_hops(label) == [("features", "FAILED_PRECONDITION")]
+    assert (assessment.verdict, assessment.degraded, assessment.score) == (Verdict.UNCERTAIN, True, None)
+    [scored] = logs
+    [failure] = scored["failed_hops"]
+    assert "'txn_count_1h' at position 0 where the model expects 'amount_eur'" in failure["message"]
+
+
+async def test_fewer_features_than_the_model_takes_are_never_scored(make_graph, upstreams) -> None:
+    upstreams.features.answer = features_answer(
+        names=FEATURE_NAMES[:2], values=(1.0, 2.0), statuses=(PRESENT, PRESENT)
+    )
+
+    await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert upstreams.predictor.calls == []
+    assert failed_hops(upstreams.postprocess.calls[0]) == [("features", "FAILED_PRECONDITION")]
+
+
+async def test_failed_features_go_to_postprocess_as_a_failed_hop(make_graph, upstreams) -> None:
+    upstreams.features.answer = failing(grpc.StatusCode.UNAVAILABLE)
+    upstreams.postprocess.answer = label_answer(
+        postprocess_pb2.LABEL_UNCERTAIN, ("FEATURES_FAILED", "features: UNAVAILABLE")
+    )
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert upstreams.predictor.calls == []
+    [label] = upstreams.postprocess.calls
+    assert failed_hops(label) == [("features", "UNAVAILABLE")]
+    assert not label.request.HasField("score")
+    assert not label.request.HasField("feature_summary")
+    assert assessment.verdict is Verdict.UNCERTAIN
+    assert assessment.degraded is True
+    assert assessment.reasons == (Reason("FEATURES_FAILED", "features: UNAVAILABLE"),)
+    assert (assessment.score, assessment.model_name, assessment.model_version) == (None, "", "")
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ModelUnavailable("fraud_mlp version 3 is not loaded"), "UNAVAILABLE"),
+        (PredictTimeout("ran past 20 ms"), "DEADLINE_EXCEEDED"),
+        (PredictError("Triton said INTERNAL"), "UNKNOWN"),
+    ],
+)
+async def test_failed_predict_goes_to_postprocess_with_the_features(
+    make_graph, upstreams, error: PredictError, code: str
+) -> None:
+    upstreams.predictor.answer = raising(error)
+    upstreams.postprocess.answer = label_answer(postprocess_pb2.LABEL_UNCERTAIN)
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    [label] = upstreams.postprocess.calls
+    assert failed_hops(label) == [("predict", code)]
+    assert label.request.feature_summary.present_count == 3
+    assert not label.request.HasField("score")
+    assert (assessment.verdict, assessment.degraded, assessment.score) == (Verdict.UNCERTAIN, True, None)
+
+
+async def test_failed_postprocess_answers_uncertain_itself(make_graph, upstreams) -> None:
+    upstreams.postprocess.answer = failing(grpc.StatusCode.UNAVAILABLE)
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert assessment.verdict is Verdict.UNCERTAIN
+    assert assessment.degraded is True
+    assert [reason.code for reason in assessment.reasons] == ["POSTPROCESS_FAILED"]
+    assert assessment.score == pytest.approx(0.625)
+
+
+async def test_failed_postprocess_after_failed_features_names_both(make_graph, upstreams) -> None:
+    upstreams.features.answer = failing(grpc.StatusCode.UNAVAILABLE)
+    upstreams.postprocess.answer = failing(grpc.StatusCode.UNAVAILABLE)
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert [reason.code for reason in assessment.reasons] == ["POSTPROCESS_FAILED", "FEATURES_FAILED"]
+    assert assessment.score is None
+
+
+async def test_a_label_without_a_verdict_counts_as_failed_postprocess(make_graph, upstreams) -> None:
+    upstreams.postprocess.answer = label_answer(postprocess_pb2.LABEL_UNSPECIFIED)
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert [reason.code for reason in assessment.reasons] == ["POSTPROCESS_FAILED"]
+
+
+@pytest.mark.parametrize(
+    ("hop", "code", "status"),
+    [
+        ("features", grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+        ("features", grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED),
+        ("postprocess", grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+    ],
+)
+async def test_fail_policy_fails_the_call_naming_the_hop(
+    make_graph, upstreams, hop: str, code: grpc.StatusCode, status: grpc.StatusCode
+) -> None:
+    getattr(upstreams, hop).answer = failing(code)
+
+    with pytest.raises(UpstreamFailed) as raised:
+        await make_graph(on_dependency_failure="fail").score(valid_request(), budget_s=BUDGET_S)
+
+    assert (raised.value.hop, raised.value.upstream_code, raised.value.code) == (hop, code, status)
+    if hop == "features":
+        assert upstreams.predictor.calls == []
+        assert upstreams.postprocess.calls == []
+
+
+async def test_fail_policy_fails_the_call_when_predict_fails(make_graph, upstreams) -> None:
+    upstreams.predictor.answer = raising(ModelUnavailable("not loaded"))
+
+    with pytest.raises(UpstreamFailed) as raised:
+        await make_graph(on_dependency_failure="fail").score(valid_request(), budget_s=BUDGET_S)
+
+    assert (raised.value.hop, raised.value.code) == ("predict", grpc.StatusCode.UNAVAILABLE)
+    assert upstreams.postprocess.calls == []
+
+
+@pytest.mark.parametrize("hop", ["features", "predict", "postprocess"])
+async def test_upstream_invalid_argument_is_an_internal_error_not_retried(make_graph, upstreams, hop) -> None:
+    if hop == "predict":
+        upstreams.predictor.answer = raising(InvalidFeatures("Triton rejected the tensor"))
+    else:
+        getattr(upstreams, hop).answer = failing(grpc.StatusCode.INVALID_ARGUMENT)
+
+    with pytest.raises(UpstreamFailed) as raised:
+        await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert (raised.value.hop, raised.value.code) == (hop, grpc.StatusCode.INTERNAL)
+    calls = {
+        "features": upstreams.features.calls,
+        "predict": upstreams.predictor.calls,
+        "postprocess": upstreams.postprocess.calls,
+    }
+    assert {name: len(made) for name, made in calls.items()} == {
+        name: int(position <= HOPS.index(hop)) for position, name in enumerate(HOPS)
+    }
+
+
+async def test_a_deadline_too_short_calls_no_hop(make_graph, upstreams) -> None:
+    with pytest.raises(DeadlineExceeded, match="features not called"):
+        await make_graph(hop_reserve_ms=1).score(valid_request(), budget_s=0.0005)
+
+    assert upstreams.features.calls == []
+    assert upstreams.predictor.calls == []
+    assert upstreams.postprocess.calls == []
+
+
+async def test_a_hop_that_uses_up_the_deadline_leaves_later_hops_uncalled(make_graph, upstreams) -> None:
+    upstreams.features.answer = slow(1.0, features_answer())
+
+    with pytest.raises(DeadlineExceeded, match="postprocess not called"):
+        await make_graph(hop_reserve_ms=20).score(valid_request(), budget_s=0.2)
+
+    assert len(upstreams.features.calls) == 1
+    assert upstreams.predictor.calls == []
+    assert upstreams.postprocess.calls == []
+
+
+async def test_every_hop_gets_the_remaining_budget_less_the_reserve(make_graph, upstreams) -> None:
+    await make_graph(hop_reserve_ms=50).score(valid_request(), budget_s=2.0)
+
+    [features], [predict], [label] = (
+        upstreams.features.calls,
+        upstreams.predictor.calls,
+        upstreams.postprocess.calls,
+    )
+    # The fakes' views of their deadlines; a server reads its deadline with less precision than a client.
+    for call in (features, predict, label):
+        assert 1.5 < call.timeout_s <= 1.951
+
+
+async def test_without_a_caller_deadline_the_default_is_the_budget(make_graph, upstreams) -> None:
+    await make_graph(default_deadline_ms=300, hop_reserve_ms=10).score(valid_request(), budget_s=None)
+
+    [features] = upstreams.features.calls
+    assert 0.2 < features.timeout_s <= 0.29
+
+
+async def test_invalid_input_calls_no_hop(make_graph, upstreams) -> None:
+    with pytest.raises(InvalidInput):
+        await make_graph().score(valid_request(card_number="4111111111111112"), budget_s=BUDGET_S)
+
+    assert upstreams.features.calls == []
+
+
+async def test_every_hop_carries_the_trace_context_of_the_score_span(make_graph, upstreams, spans) -> None:
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    [span] = spans.get_finished_spans()
+    assert assessment.trace_id == trace.format_trace_id(span.context.trace_id)
+    assert len(assessment.trace_id) == 32
+    parent = f"00-{assessment.trace_id}-{trace.format_span_id(span.context.span_id)}-"
+    for call in (upstreams.features.calls[0], upstreams.predictor.calls[0], upstreams.postprocess.calls[0]):
+        assert call.metadata["traceparent"].startswith(parent)
+
+
+async def test_the_span_continues_the_callers_trace(make_graph, upstreams) -> None:
+    caller = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1))
+    parent = trace.set_span_in_context(NonRecordingSpan(caller))
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S, parent=parent)
+
+    assert assessment.trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_logs_one_event_per_score_without_the_card_number(make_graph, upstreams) -> None:
+    with capture_logs() as logs:
+        assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    [event] = logs
+    assert event["event"] == "scored"
+    assert event["log_level"] == "info"
+    assert event["transaction_id"] == "tx-0001"
+    assert (event["verdict"], event["degraded"]) == ("SUSPICIOUS", False)
+    assert event["latency_ms"] > 0
+    assert event["failed_hops"] == []
+    assert assessment.trace_id
+    assert TEST_PAN[-8:] not in repr(logs)
