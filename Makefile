@@ -70,8 +70,9 @@ data/raw/history.parquet: $(VENV)/.installed services/synthetic/transactions.py
 data/features/transactions.parquet: data/raw/history.parquet services/features/aggregates.py
 	$(PY) -m services.features.build --raw $< --out data/features
 
+# New feature tables replace the store: incremental materialization would only add rows newer than the last run.
 data/feast/materialized: data/features/transactions.parquet services/features/feature_repo/definitions.py
-	mkdir -p data/feast
+	rm -rf data/feast && mkdir -p data/feast
 	$(FEAST) apply
 	$(FEAST) materialize-incremental "$$(date -u +%Y-%m-%dT%H:%M:%S)"
 	touch $@

@@ -1,7 +1,7 @@
 """Time-stamped feature tables computed from transaction history, written as parquet for Feast's file store.
 
-Each row is an entity's state *after* a transaction (or at the end of a day), stamped with that time, so Feast's
-point-in-time join can give a labelled transaction exactly what was known just before it.
+Each row is an entity's state *after* a transaction (or at the end of a day), stamped with that time, so
+Feast's point-in-time join can give a labelled transaction exactly what was known just before it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from services.synthetic.transactions import USD_RATES
 #: A card-testing probe is a transaction this small (USD).
 SMALL_AMOUNT_USD = 5.0
 CARD_WINDOWS = {"1h": "1h", "24h": "24h", "7d": "7D"}
+#: Every currency in USD_RATES has two decimals; a zero-decimal one (JPY) would need its own exponent.
+MINOR_UNITS_PER_MAJOR = 100.0
 
 
 def to_usd(amount_minor: pd.Series | np.ndarray, currency: pd.Series | np.ndarray) -> np.ndarray:
     rate = pd.Series(currency).map(USD_RATES).to_numpy(dtype=float)
-    return np.asarray(amount_minor, dtype=float) / 100.0 / rate
+    return np.asarray(amount_minor, dtype=float) / MINOR_UNITS_PER_MAJOR / rate
+
+
+def minor_to_usd(amount_minor: int, currency_code: str) -> float:
+    """One amount, converted as `to_usd` converts a column; KeyError for a currency with no rate."""
+    return amount_minor / MINOR_UNITS_PER_MAJOR / USD_RATES[currency_code]
 
 
 def with_entity_keys(tx: pd.DataFrame, card_key: str) -> pd.DataFrame:
@@ -62,7 +69,9 @@ def card_activity(tx: pd.DataFrame) -> pd.DataFrame:
 def merchant_risk(tx: pd.DataFrame) -> pd.DataFrame:
     """Daily snapshots of each merchant's fraud rate over the previous 30 days, stamped at the day's end."""
     day = tx["created_at"].dt.floor("D")
-    daily = tx.assign(day=day).groupby(["merchant_id", "day"]).agg(n=("is_fraud", "size"), f=("is_fraud", "sum"))
+    daily = (
+        tx.assign(day=day).groupby(["merchant_id", "day"]).agg(n=("is_fraud", "size"), f=("is_fraud", "sum"))
+    )
     days = pd.date_range(day.min(), day.max(), freq="D")
     n = daily["n"].unstack("merchant_id").reindex(days).fillna(0)
     f = daily["f"].unstack("merchant_id").reindex(days).fillna(0)

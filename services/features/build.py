@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from services.features.aggregates import write_tables, with_entity_keys
+from services.features.aggregates import with_entity_keys, write_tables
 from services.features.keys import DEV_CARD_KEY
 
 

@@ -18,7 +18,8 @@ ENTITY_KEYS = ("card_id", "merchant_id", "card_device_id")
 #: The `transaction` RequestSource's fields, supplied with each read.
 REQUEST_FIELDS = ("amount_usd", "event_ts", "card_country", "merchant_country", "ip_country", "channel")
 #: What the model reads a missing feature as (a missing count is no activity). The model's own imputer applies
-#: it; the features service returns NaN and flags the feature, so postprocess can tell a quiet card from an unknown one.
+#: it; the features service returns NaN and flags the feature, so postprocess can tell a quiet card from an
+#: unknown one.
 MISSING_VALUE = 0.0
 #: Features are read just before the transaction, so its own row (stamped at its time) is never used.
 POINT_IN_TIME_OFFSET = pd.Timedelta(milliseconds=1)
@@ -36,7 +37,7 @@ def contract_of(store: FeatureStore, feature_service: str) -> FeatureContract:
 
 
 def entity_frame(tx: pd.DataFrame) -> pd.DataFrame:
-    """Entity rows for `get_historical_features` from data-domain transactions (see aggregates.with_entity_keys)."""
+    """Entity rows for `get_historical_features` from data-domain transactions (see with_entity_keys)."""
     return pd.DataFrame(
         {
             **{key: tx[key].to_numpy() for key in ENTITY_KEYS},

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-#: Development key for the embedded stack; production sets SCOREGRAPH_GATEWAY_CARD_KEY (and the batch pipeline's).
+#: Development key for the embedded stack; production sets SCOREGRAPH_GATEWAY_CARD_KEY (and the batch
+#: pipeline's).
 DEV_CARD_KEY = "scoregraph-dev-card-key"
 
 

@@ -131,7 +131,9 @@ class ScoreGraph:
                 model_name=label_request.model_name,
                 model_version=label_request.model_version,
                 reasons=reasons,
-                degraded=bool(failures or summary is None or summary.missing_count or summary.stale_count),
+                # A missing feature is information (a new card or device), reported in the reasons; stale ones
+                # mean the store lags, which is the graph degrading.
+                degraded=bool(failures or summary is None or summary.stale_count),
                 trace_id=trace.format_trace_id(span.get_span_context().trace_id),
             )
             span.set_attribute("scoregraph.verdict", verdict.name)

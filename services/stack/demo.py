@@ -105,7 +105,8 @@ def show(console: Console, results: list[Scored]) -> None:
 
 
 def main() -> int:
-    console = Console()
+    # Under make, stdout is often no terminal and rich would wrap the table at 80 columns.
+    console = Console(width=max(Console().width, 150))
     settings = StackSettings()
     log_path = REPO / "data" / "demo-stack.log"
     console.print(f"Starting the stack (logs in {log_path.relative_to(REPO)}) ...")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -58,11 +58,3 @@ def score_request(row) -> gateway_pb2.ScoreRequest:
         )
     )
 
-
-def unseen_card_request(template: gateway_pb2.ScoreRequest, card_number: str) -> gateway_pb2.ScoreRequest:
-    request = gateway_pb2.ScoreRequest()
-    request.CopyFrom(template)
-    request.transaction.card_number = card_number
-    request.transaction.transaction_id += "-unseen"
-    request.transaction.created_at.FromDatetime(datetime.now(UTC) - timedelta(seconds=5))
-    return request

@@ -18,6 +18,7 @@ from tests.gateway.upstream_fakes import (
     FEATURE_SERVICE,
     MISSING,
     PRESENT,
+    STALE,
     failing,
     features_answer,
     label_answer,
@@ -61,7 +62,7 @@ async def test_scores_through_every_hop(make_graph, upstreams) -> None:
     assert failed_hops(label) == []
 
 
-async def test_missing_features_reach_the_model_as_nan_and_degrade_the_verdict(make_graph, upstreams) -> None:
+async def test_missing_features_are_nan_to_the_model_and_no_degradation(make_graph, upstreams) -> None:
     upstreams.features.answer = features_answer(
         values=(12.34, math.nan, 400.0), statuses=(PRESENT, MISSING, PRESENT)
     )
@@ -73,7 +74,18 @@ async def test_missing_features_reach_the_model_as_nan_and_degrade_the_verdict(m
     assert math.isnan(predict.request[0, 1])
     [label] = upstreams.postprocess.calls
     assert list(label.request.feature_summary.missing_features) == ["txn_count_1h"]
-    assert (assessment.verdict, assessment.degraded) == (Verdict.NOT_FRAUD, True)
+    assert (assessment.verdict, assessment.degraded) == (Verdict.NOT_FRAUD, False)
+
+
+async def test_stale_features_degrade_the_verdict(make_graph, upstreams) -> None:
+    upstreams.features.answer = features_answer(statuses=(PRESENT, STALE, PRESENT))
+    upstreams.postprocess.answer = label_answer(postprocess_pb2.LABEL_NOT_FRAUD)
+
+    assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    [label] = upstreams.postprocess.calls
+    assert list(label.request.feature_summary.stale_features) == ["txn_count_1h"]
+    assert assessment.degraded
 
 
 async def test_features_in_another_order_are_never_scored(make_graph, upstreams) -> None:

@@ -23,6 +23,7 @@ SERVED_MODEL = ServedModel("fraud_mlp", "3", FeatureContract(FEATURE_SERVICE, FE
 
 PRESENT = features_pb2.FEATURE_STATUS_PRESENT
 MISSING = features_pb2.FEATURE_STATUS_MISSING
+STALE = features_pb2.FEATURE_STATUS_STALE
 
 
 @dataclass

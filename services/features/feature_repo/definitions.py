@@ -1,9 +1,10 @@
-"""scoregraph's feature repository: entities, feature views, on-demand features and the model's feature service.
+"""scoregraph's feature repository: entities, feature views, on-demand features, the model's feature service.
 
 The data engineers own this file. A model version is trained and served against exactly one FeatureService;
 its feature order is the model's input order, recorded with the model in Triton's config.
 """
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
 #: Generated parquet tables (make build); absolute so the registry works from any working directory.
-DATA = Path(__file__).resolve().parents[3] / "data" / "features"
+#: SCOREGRAPH_FEATURE_DATA points `feast apply` at other tables, e.g. a test's handmade ones.
+DATA = Path(os.environ.get("SCOREGRAPH_FEATURE_DATA", Path(__file__).resolve().parents[3] / "data/features"))
 
 card = Entity(name="card", join_keys=["card_id"], value_type=ValueType.STRING,
               description="A payment card, keyed by a keyed hash of its number")

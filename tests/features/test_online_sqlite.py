@@ -1,0 +1,86 @@
+import math
+from datetime import timedelta
+
+import pytest
+
+from services.features.feature_service import contract_of
+from services.features.online import FeatureStatus
+from tests.features.known_entities import (
+    CARD_ACTIVITY,
+    CARD_DEVICE,
+    FEATURE_SERVICE,
+    MERCHANT_RISK,
+    assert_stored_values_read_back,
+    by_name,
+    read_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_vector_is_in_the_feature_services_order(sqlite_features) -> None:
+    assert sqlite_features.contract(FEATURE_SERVICE) == contract_of(sqlite_features.store, FEATURE_SERVICE)
+
+
+def test_known_entities_read_back_what_was_materialized(sqlite_features, known_transactions) -> None:
+    for known in known_transactions:
+        vector = read_for(sqlite_features, known, known.materialized_until)
+
+        assert vector.names == contract_of(sqlite_features.store, FEATURE_SERVICE).feature_names
+        assert_stored_values_read_back(vector, known)
+        assert set(vector.statuses) == {FeatureStatus.PRESENT}
+
+
+def test_an_unknown_card_has_no_card_features_and_the_rest_present(
+    sqlite_features, known_transactions
+) -> None:
+    known = known_transactions[0]
+
+    features = by_name(read_for(sqlite_features, known, known.materialized_until, card_id="card_never_seen"))
+
+    # The (card, device) entity is derived from the card, so it is unknown too.
+    for name in (*CARD_ACTIVITY, *CARD_DEVICE):
+        value, status, age = features[name]
+        assert math.isnan(value) and (status, age) == (FeatureStatus.MISSING, -1), name
+    for name in MERCHANT_RISK:
+        assert features[name][1] is FeatureStatus.PRESENT, name
+    on_demand = [name for name in features if name not in {*CARD_ACTIVITY, *MERCHANT_RISK, *CARD_DEVICE}]
+    assert [features[name][1:] for name in on_demand] == [(FeatureStatus.PRESENT, 0)] * len(on_demand)
+
+
+@pytest.mark.parametrize("key", ["merchant_id", "device_id"])
+def test_an_empty_key_leaves_its_view_missing(sqlite_features, known_transactions, key) -> None:
+    known = known_transactions[0]
+
+    vector = read_for(sqlite_features, known, known.materialized_until, **{key: ""})
+
+    missing = {
+        name
+        for name, status in zip(vector.names, vector.statuses, strict=True)
+        if status is FeatureStatus.MISSING
+    }
+    assert missing == set(MERCHANT_RISK if key == "merchant_id" else CARD_DEVICE)
+
+
+def test_values_older_than_their_views_ttl_are_stale(sqlite_features, known_transactions) -> None:
+    known = known_transactions[0]
+    # Past card_activity's 30 days and merchant_risk's 3, within card_device's 90.
+    event_time = known.materialized_until + timedelta(days=31)
+
+    features = by_name(read_for(sqlite_features, known, event_time))
+
+    for name in (*CARD_ACTIVITY, *MERCHANT_RISK):
+        value, status, age = features[name]
+        assert status is FeatureStatus.STALE and not math.isnan(value) and age > 30 * 86_400_000, name
+    assert features["device_txn_count"][1] is FeatureStatus.PRESENT
+
+
+def test_on_demand_features_see_the_request_values(sqlite_features, known_transactions) -> None:
+    known = known_transactions[0]
+    night = known.materialized_until.replace(hour=3)
+
+    features = by_name(read_for(sqlite_features, known, night))
+
+    assert features["amount_log"][0] == pytest.approx(math.log1p(12.50 / 0.92))
+    assert features["is_night"][0] == 1.0
+    assert features["is_card_not_present"][0] == 0.0
