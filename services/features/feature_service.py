@@ -64,4 +64,3 @@ def historical_matrix(store: FeatureStore, tx: pd.DataFrame, contract: FeatureCo
     matrix = features[list(contract.feature_names)].astype(float)
     matrix.index = tx.index
     return matrix
-

@@ -2,9 +2,9 @@
 
     python -m services.predict.training --version 1
 
-The training set is Feast's `get_historical_features` over the labelled history: every transaction sees the
-feature rows stamped before it, never after. The split is by time (earlier weeks train, the last weeks are held
-out), as the model will always score transactions later than anything it saw.
+The training set is Feast's `get_historical_features` over the labelled history: every transaction sees
+the feature rows stamped before it, never after. The split is by time (earlier weeks train, the last weeks
+are held out), as the model will always score transactions later than anything it saw.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import onnxruntime as ort
 import pandas as pd
 from rich.console import Console
 from skl2onnx import to_onnx
-from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 from sklearn.impute import SimpleImputer
+from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -70,8 +70,8 @@ def build_model(seed: int) -> Pipeline:
         n_iter_no_change=5,
         random_state=seed,
     )
-    # The features service reports a missing feature as NaN (and flags it); the model's own imputer decides what
-    # it reads as, so serving and training can never disagree about it.
+    # The features service reports a missing feature as NaN (and flags it); the model's own imputer decides
+    # what it reads as, so serving and training can never disagree about it.
     impute = SimpleImputer(strategy="constant", fill_value=MISSING_VALUE, keep_empty_features=True)
     return Pipeline([("impute", impute), ("scale", StandardScaler()), ("mlp", mlp)])
 
@@ -141,16 +141,18 @@ def model_card(contract, version, window, evaluation, distribution, train_rows, 
     features = "\n".join(f"{i}. `{name}`" for i, name in enumerate(contract.feature_names))
     text = f"""# Model card: {MODEL_NAME} version {version}
 
-A multilayer perceptron (scikit-learn: missing inputs read as {MISSING_VALUE}, standardised, two hidden layers) scoring card transactions for
-fraud. Input: {contract.width} features from Feast feature service `{contract.feature_service}`, in this order
-(the order is recorded in the ONNX metadata and in Triton's config; a mismatch is refused at load):
+A multilayer perceptron (scikit-learn: missing inputs read as {MISSING_VALUE}, standardised, two hidden
+layers) scoring card transactions for fraud. Input: {contract.width} features from Feast feature service
+`{contract.feature_service}`, in this order (the order is recorded in the ONNX metadata and in Triton's
+config; a mismatch is refused at load):
 
 {features}
 
 ## Training
-- Window: {window['train_start']} to {window['train_end']} ({train_rows} labelled transactions), point-in-time
+- Window: {window["train_start"]} to {window["train_end"]} ({train_rows} labelled transactions), point-in-time
   features from Feast's `get_historical_features`; trained in {seconds:.0f} s.
-- Held out: {window['held_out_start']} to {window['held_out_end']} ({e.rows} transactions, {e.positives} fraud).
+- Held out: {window["held_out_start"]} to {window["held_out_end"]}
+  ({e.rows} transactions, {e.positives} fraud).
 
 ## Held-out results
 | | ROC AUC | PR AUC |
@@ -158,11 +160,12 @@ fraud. Input: {contract.width} features from Feast feature service `{contract.fe
 | {MODEL_NAME} | {e.roc_auc:.4f} | {e.pr_auc:.4f} |
 | rule: amount (USD) as the score | {e.rule_roc_auc:.4f} | {e.rule_pr_auc:.4f} |
 
-The rule "flag above ${RULE_AMOUNT_USD:.0f}" has precision {e.rule_precision:.3f} and recall {e.rule_recall:.3f}.
+The rule "flag above ${RULE_AMOUNT_USD:.0f}" has precision {e.rule_precision:.3f}
+and recall {e.rule_recall:.3f}.
 
 ## Score distribution (held out)
-Legitimate transactions' score quantiles: {distribution['legit_quantiles']}.
-Fraudulent transactions' score quantiles: {distribution['fraud_quantiles']}.
+Legitimate transactions' score quantiles: {distribution["legit_quantiles"]}.
+Fraudulent transactions' score quantiles: {distribution["fraud_quantiles"]}.
 
 | threshold | share flagged | precision | recall |
 |---|---|---|---|
@@ -198,8 +201,13 @@ def train(version: int, seed: int = 7, history: Path = DATA / "features" / "tran
         "held_out_end": str(tx["created_at"].max()),
     }
     card, text = model_card(
-        contract, version, window, evaluation, score_distribution(y[test_rows], score),
-        int(train_rows.sum()), time.perf_counter() - started,
+        contract,
+        version,
+        window,
+        evaluation,
+        score_distribution(y[test_rows], score),
+        int(train_rows.sum()),
+        time.perf_counter() - started,
     )
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"

@@ -56,15 +56,33 @@ def score_all(address: str, sample) -> list[Scored]:
                 reply = stub.Score(request, timeout=DEADLINE_S)
             except grpc.RpcError as error:
                 latency = (time.perf_counter() - started) * 1e3
-                results.append(Scored(row.transaction_id, amount, row.channel, truth, "ERROR", None, [], False,
-                                      latency, error.code().name))
+                results.append(
+                    Scored(
+                        row.transaction_id,
+                        amount,
+                        row.channel,
+                        truth,
+                        "ERROR",
+                        None,
+                        [],
+                        False,
+                        latency,
+                        error.code().name,
+                    )
+                )
                 continue
             latency = (time.perf_counter() - started) * 1e3
             results.append(
                 Scored(
-                    row.transaction_id, amount, row.channel, truth, verdict_name(reply.verdict),
+                    row.transaction_id,
+                    amount,
+                    row.channel,
+                    truth,
+                    verdict_name(reply.verdict),
                     reply.score if reply.HasField("score") else None,
-                    [reason.code for reason in reply.reasons], reply.degraded, latency,
+                    [reason.code for reason in reply.reasons],
+                    reply.degraded,
+                    latency,
                 )
             )
     return results
@@ -76,12 +94,21 @@ def show(console: Console, results: list[Scored]) -> None:
         table.add_column(column, justify="right" if column in ("amount", "score", "ms") else "left")
     fraud = [r for r in results if r.truth != "legit"]
     legit = [r for r in results if r.truth == "legit"]
-    colour = {"NOT_FRAUD": "green", "SUSPICIOUS": "yellow", "HIGHLY_SUSPICIOUS": "red", "UNCERTAIN": "magenta"}
+    colour = {
+        "NOT_FRAUD": "green",
+        "SUSPICIOUS": "yellow",
+        "HIGHLY_SUSPICIOUS": "red",
+        "UNCERTAIN": "magenta",
+    }
     for r in fraud[:6] + legit[:8]:
         table.add_row(
-            r.transaction_id, r.amount, r.channel, r.truth,
+            r.transaction_id,
+            r.amount,
+            r.channel,
+            r.truth,
             f"[{colour.get(r.verdict, 'bold red')}]{r.verdict}[/]",
-            "-" if r.score is None else f"{r.score:.3f}", ", ".join(r.reasons[:2]) or r.error,
+            "-" if r.score is None else f"{r.score:.3f}",
+            ", ".join(r.reasons[:2]) or r.error,
             f"{r.latency_ms:.1f}",
         )
     console.print(table)
@@ -91,17 +118,27 @@ def show(console: Console, results: list[Scored]) -> None:
     caught = sum(r.verdict in FLAGGED for r in fraud)
     cleared = sum(r.verdict == "NOT_FRAUD" for r in legit)
     false_alarms = sum(r.verdict in FLAGGED for r in legit)
-    console.print(f"\n[bold]Summary[/] of {len(results)} live transactions ({len(fraud)} fraudulent by the "
-                  f"generator's ground truth; the sample is enriched with fraud so there is some to see):")
+    console.print(
+        f"\n[bold]Summary[/] of {len(results)} live transactions ({len(fraud)} fraudulent by the "
+        f"generator's ground truth; the sample is enriched with fraud so there is some to see):"
+    )
     console.print("  verdicts:      " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    console.print(f"  fraud:         {caught}/{len(fraud)} flagged SUSPICIOUS or HIGHLY_SUSPICIOUS "
-                  f"({caught / max(len(fraud), 1):.0%})")
-    console.print(f"  legitimate:    {cleared}/{len(legit)} NOT_FRAUD ({cleared / max(len(legit), 1):.0%}), "
-                  f"{false_alarms} flagged")
-    console.print(f"  degraded:      {sum(r.degraded for r in results)}; "
-                  f"errors: {sum(r.verdict == 'ERROR' for r in results)}")
-    console.print(f"  latency (one call at a time, client side): p50 {np.percentile(latency, 50):.2f} ms, "
-                  f"p99 {np.percentile(latency, 99):.2f} ms, max {latency.max():.2f} ms")
+    console.print(
+        f"  fraud:         {caught}/{len(fraud)} flagged SUSPICIOUS or HIGHLY_SUSPICIOUS "
+        f"({caught / max(len(fraud), 1):.0%})"
+    )
+    console.print(
+        f"  legitimate:    {cleared}/{len(legit)} NOT_FRAUD ({cleared / max(len(legit), 1):.0%}), "
+        f"{false_alarms} flagged"
+    )
+    console.print(
+        f"  degraded:      {sum(r.degraded for r in results)}; "
+        f"errors: {sum(r.verdict == 'ERROR' for r in results)}"
+    )
+    console.print(
+        f"  latency (one call at a time, client side): p50 {np.percentile(latency, 50):.2f} ms, "
+        f"p99 {np.percentile(latency, 99):.2f} ms, max {latency.max():.2f} ms"
+    )
 
 
 def main() -> int:
@@ -111,9 +148,13 @@ def main() -> int:
     log_path = REPO / "data" / "demo-stack.log"
     console.print(f"Starting the stack (logs in {log_path.relative_to(REPO)}) ...")
     with open(log_path, "w") as log:
-        stack = subprocess.Popen([sys.executable, "-m", "services.stack", "up"], stdout=log, stderr=subprocess.STDOUT)
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "services.stack", "up"], stdout=log, stderr=subprocess.STDOUT
+        )
         try:
-            pending = wait_until_serving([p.health_address for p in processes(settings)], settings.ready_timeout_s)
+            pending = wait_until_serving(
+                [p.health_address for p in processes(settings)], settings.ready_timeout_s
+            )
             if pending or stack.poll() is not None:
                 console.print(f"[red]the stack did not come up ({pending or 'exited'}); see {log_path}[/]")
                 return 1

@@ -1,7 +1,7 @@
 """The README's settings tables, rendered from the settings classes themselves so they cannot drift.
 
-    python -m services.stack settings            # print the tables
-    python -m services.stack settings --write    # rewrite them in README.md
+python -m services.stack settings            # print the tables
+python -m services.stack settings --write    # rewrite them in README.md
 """
 
 from __future__ import annotations
@@ -24,12 +24,25 @@ SETTINGS = {
 }
 #: Read outside a settings class: by the Triton launcher and the offline feature pipeline.
 OTHER = [
-    ("SCOREGRAPH_TRITON_ENV", "`.venv-triton`", "Python environment holding tritonserver (nvidia-pytriton) and "
-     "the model's runtime (numpy<2, onnxruntime); its bin/ goes first on PATH for the Python backend stub."),
-    ("SCOREGRAPH_CARD_KEY", "development key", "HMAC key the offline feature build hashes card numbers with; "
-     "must equal the gateway's `SCOREGRAPH_GATEWAY_CARD_KEY`."),
-    ("SCOREGRAPH_REDIS_ADDRESS", "unset", "Redis `host:port` for `feast -f feature_store.redis.yaml` (the "
-     "feast CLI on the Redis online store)."),
+    (
+        "SCOREGRAPH_TRITON_ENV",
+        "`.venv-triton`",
+        "Python environment holding tritonserver (nvidia-pytriton) and "
+        "the model's runtime (numpy<2, onnxruntime); its bin/ goes first on PATH for the Python backend "
+        "stub.",
+    ),
+    (
+        "SCOREGRAPH_CARD_KEY",
+        "development key",
+        "HMAC key the offline feature build hashes card numbers with; "
+        "must equal the gateway's `SCOREGRAPH_GATEWAY_CARD_KEY`.",
+    ),
+    (
+        "SCOREGRAPH_REDIS_ADDRESS",
+        "unset",
+        "Redis `host:port` for `feast -f feature_store.redis.yaml` (the "
+        "feast CLI on the Redis online store).",
+    ),
     ("OTEL_*", "", "OpenTelemetry's standard variables (service name, sampler, exporter endpoint)."),
 ]
 

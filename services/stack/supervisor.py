@@ -25,13 +25,17 @@ from services.stack.topology import StackProcess, StackSettings, process_env, pr
 def serving(address: str, timeout_s: float = 1.0) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def wait_until_serving(addresses: list[str], timeout_s: float, stop: threading.Event | None = None) -> list[str]:
+def wait_until_serving(
+    addresses: list[str], timeout_s: float, stop: threading.Event | None = None
+) -> list[str]:
     """Poll until every address reports SERVING; returns those that did not within the timeout."""
     pending = list(addresses)
     deadline = time.monotonic() + timeout_s
@@ -48,7 +52,9 @@ def _announce_when_ready(stack: list[StackProcess], settings: StackSettings, sto
     if stop.is_set():
         return
     if pending:
-        print(f"scoregraph: not serving after {settings.ready_timeout_s:.0f} s: {pending}; stopping", flush=True)
+        print(
+            f"scoregraph: not serving after {settings.ready_timeout_s:.0f} s: {pending}; stopping", flush=True
+        )
         os.kill(os.getpid(), signal.SIGTERM)
         return
     print(

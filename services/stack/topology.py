@@ -31,7 +31,8 @@ class StackSettings(BaseSettings):
     postprocess_replicas: int = Field(default=1, ge=1, le=8)
     """Postprocess service processes."""
     triton_port: int = 8001
-    """gRPC port of the first Triton replica; replica i uses triton_port + 10 i (HTTP one below, metrics one above)."""
+    """gRPC port of the first Triton replica; replica i uses triton_port + 10 i (HTTP one below, metrics
+    one above)."""
     triton_replicas: int = Field(default=1, ge=1, le=4)
     """tritonserver processes, each loading the whole model repository."""
     metrics_port: int = 9464
@@ -76,8 +77,14 @@ def processes(settings: StackSettings) -> list[StackProcess]:
                 f"triton-{i}",
                 _python(
                     "services.predict.tritonserver",
-                    "--model-repository", str(settings.model_repository),
-                    "--grpc-port", str(port), "--http-port", str(port - 1), "--metrics-port", str(port + 1),
+                    "--model-repository",
+                    str(settings.model_repository),
+                    "--grpc-port",
+                    str(port),
+                    "--http-port",
+                    str(port - 1),
+                    "--metrics-port",
+                    str(port + 1),
                 ),
                 health_address=f"{host}:{port}",
             )
@@ -86,12 +93,18 @@ def processes(settings: StackSettings) -> list[StackProcess]:
     postprocess = [f"{host}:{settings.postprocess_port + i}" for i in range(settings.postprocess_replicas)]
     for i, address in enumerate(features):
         port = settings.features_port + i
-        out.append(StackProcess(f"features-{i}", _python("services.features"), service_env("FEATURES", port),
-                                address))
+        out.append(
+            StackProcess(
+                f"features-{i}", _python("services.features"), service_env("FEATURES", port), address
+            )
+        )
     for i, address in enumerate(postprocess):
         port = settings.postprocess_port + i
-        out.append(StackProcess(f"postprocess-{i}", _python("services.postprocess"),
-                                service_env("POSTPROCESS", port), address))
+        out.append(
+            StackProcess(
+                f"postprocess-{i}", _python("services.postprocess"), service_env("POSTPROCESS", port), address
+            )
+        )
     gateway_env = service_env(
         "GATEWAY",
         settings.gateway_port,
@@ -99,8 +112,9 @@ def processes(settings: StackSettings) -> list[StackProcess]:
         POSTPROCESS_ADDRESSES=",".join(postprocess),
         TRITON_ADDRESSES=",".join(triton),
     )
-    out.append(StackProcess("gateway", _python("services.gateway"), gateway_env,
-                            f"{host}:{settings.gateway_port}"))
+    out.append(
+        StackProcess("gateway", _python("services.gateway"), gateway_env, f"{host}:{settings.gateway_port}")
+    )
     return out
 
 

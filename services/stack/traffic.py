@@ -1,4 +1,4 @@
-"""Business traffic from the generator's live stream: rows of data/raw/live.parquet as Gateway.Score requests."""
+"""Business traffic from the generator's live stream: rows of data/raw/live.parquet as Score requests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from scoregraph.gateway.v1 import gateway_pb2
 from services.stack.topology import REPO
 
 LIVE_STREAM = REPO / "data" / "raw" / "live.parquet"
-CHANNELS = {name: gateway_pb2.Channel.Value(f"CHANNEL_{name}") for name in ("ONLINE", "IN_STORE", "MOBILE_APP")}
+CHANNELS = {
+    name: gateway_pb2.Channel.Value(f"CHANNEL_{name}") for name in ("ONLINE", "IN_STORE", "MOBILE_APP")
+}
 
 
 def load_live(path: Path = LIVE_STREAM, now: datetime | None = None) -> pd.DataFrame:
@@ -33,7 +35,9 @@ def fraud_enriched_sample(live: pd.DataFrame, size: int, fraud_share: float, see
     fraud = live[live["is_fraud"]]
     legit = live[~live["is_fraud"]]
     n_fraud = min(len(fraud), round(size * fraud_share))
-    sample = pd.concat([fraud.sample(n_fraud, random_state=seed), legit.sample(size - n_fraud, random_state=seed)])
+    sample = pd.concat(
+        [fraud.sample(n_fraud, random_state=seed), legit.sample(size - n_fraud, random_state=seed)]
+    )
     return sample.sort_values("created_at").reset_index(drop=True)
 
 
@@ -57,4 +61,3 @@ def score_request(row) -> gateway_pb2.ScoreRequest:
             ip_country=row.ip_country,
         )
     )
-

@@ -18,11 +18,15 @@ def main() -> None:
     parser.add_argument("--merchants", type=int, default=WorldSpec.merchants)
     parser.add_argument("--history-days", type=int, default=WorldSpec.history_days)
     parser.add_argument(
-        "--anchor", type=datetime.fromisoformat, default=None,
+        "--anchor",
+        type=datetime.fromisoformat,
+        default=None,
         help="end of history / start of the live stream, ISO 8601 UTC (default: today 00:00 UTC)",
     )
     args = parser.parse_args()
-    spec = WorldSpec(seed=args.seed, cards=args.cards, merchants=args.merchants, history_days=args.history_days)
+    spec = WorldSpec(
+        seed=args.seed, cards=args.cards, merchants=args.merchants, history_days=args.history_days
+    )
     anchor = args.anchor or default_anchor()
     console = Console(stderr=True)
     with console.status(f"generating {spec.history_days} days of transactions for {spec.cards} cards"):
@@ -31,8 +35,12 @@ def main() -> None:
     history.to_parquet(args.out / "history.parquet", index=False)
     live.to_parquet(args.out / "live.parquet", index=False)
     manifest = {
-        "seed": spec.seed, "anchor": anchor.isoformat(), "history_rows": len(history), "live_rows": len(live),
-        "history_fraud_rate": float(history["is_fraud"].mean()), "live_fraud_rate": float(live["is_fraud"].mean()),
+        "seed": spec.seed,
+        "anchor": anchor.isoformat(),
+        "history_rows": len(history),
+        "live_rows": len(live),
+        "history_fraud_rate": float(history["is_fraud"].mean()),
+        "live_fraud_rate": float(live["is_fraud"].mean()),
     }
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     console.log(

@@ -1,10 +1,10 @@
 """Synthetic card transactions with ground-truth fraud labels.
 
-The world: cards with a home country, a spending habit, a daily rhythm and a few devices; merchants with a
-category, a country and a risk tier. Legitimate activity follows each card's habit, with the noise that makes a
-simple rule fail (big legitimate purchases, travel, night owls, new phones). Fraud comes as campaigns that a
-model can learn from history-aware features: velocity bursts, card testing, account takeover, amounts far above
-the card's habit, concentrated on risky merchants and at night.
+The world: cards with a home country, a spending habit, a daily rhythm and a few devices; merchants with
+a category, a country and a risk tier. Legitimate activity follows each card's habit, with the noise that
+makes a simple rule fail (big legitimate purchases, travel, night owls, new phones). Fraud comes as
+campaigns that a model can learn from history-aware features: velocity bursts, card testing, account
+takeover, amounts far above the card's habit, concentrated on risky merchants and at night.
 
 Everything is drawn from one seeded generator, so (seed, anchor) fixes the output.
 """
@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-COUNTRIES = np.array(["US", "GB", "DE", "FR", "CA", "ES", "IT", "NL", "BR", "MX", "IN", "NG", "RO", "VN", "RU"])
+COUNTRIES = np.array(
+    ["US", "GB", "DE", "FR", "CA", "ES", "IT", "NL", "BR", "MX", "IN", "NG", "RO", "VN", "RU"]
+)
 HOME_COUNTRIES = COUNTRIES[:8]
 HOME_WEIGHTS = np.array([0.55, 0.1, 0.08, 0.07, 0.08, 0.04, 0.04, 0.04])
 # Countries a fraudster's IP tends to come from; legitimate travel goes anywhere.
@@ -149,8 +151,16 @@ def _legit(rng: np.random.Generator, cards: Cards, merchants: Merchants, start: 
     device = np.where(new_phone, [f"dev-new-{i}" for i in rng.integers(0, 10**9, size=n)], device)
     travelling = rng.random(n) < 0.02
     ip_country = np.where(travelling, rng.choice(COUNTRIES, size=n), cards.home[card])
-    return dict(card=card, offset_h=offset_h, merchant=merchant, amount=amount, device=device,
-                ip_country=ip_country, is_fraud=np.zeros(n, bool), pattern=np.full(n, "none"))
+    return dict(
+        card=card,
+        offset_h=offset_h,
+        merchant=merchant,
+        amount=amount,
+        device=device,
+        ip_country=ip_country,
+        is_fraud=np.zeros(n, bool),
+        pattern=np.full(n, "none"),
+    )
 
 
 def _campaign(rng, cards: Cards, merchants: Merchants, card: int, hours: float, pattern: str):

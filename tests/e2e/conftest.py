@@ -1,4 +1,4 @@
-"""The whole local stack, started as `make up` starts it (python -m services.stack up), on ports of its own."""
+"""The whole local stack, started as `make up` starts it (python -m services.stack up), on its own ports."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from services.stack.traffic import load_live
 
 # Away from the defaults, so a developer's `make up` and the tests don't fight over ports.
 TEST_PORTS = {
-    "GATEWAY_PORT": 52051, "FEATURES_PORT": 52061, "POSTPROCESS_PORT": 52071, "TRITON_PORT": 52001,
+    "GATEWAY_PORT": 52051,
+    "FEATURES_PORT": 52061,
+    "POSTPROCESS_PORT": 52071,
+    "TRITON_PORT": 52001,
     "METRICS_PORT": 52464,
 }
 
@@ -48,7 +51,10 @@ def start_stack(log: Path, **overrides: int) -> RunningStack:
     settings = StackSettings(**{k.lower(): v for k, v in ports.items()})
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.stack", "up"], cwd=REPO, env=env, stdout=out,
+            [sys.executable, "-m", "services.stack", "up"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
     stack = RunningStack(settings, process, log)

@@ -1,4 +1,4 @@
-"""Gateway.Score over the real local stack: tritonserver, Feast on SQLite, every service as its own process."""
+"""Gateway.Score over the real local stack: tritonserver, Feast on SQLite, each service its own process."""
 
 from __future__ import annotations
 
@@ -62,9 +62,9 @@ def test_fraud_is_mostly_flagged_and_legitimate_traffic_mostly_not(gateway, live
         flagged[(bool(row.is_fraud), reply.verdict in FLAGGED)] += 1
     fraud = flagged[(True, True)] + flagged[(True, False)]
     legit = flagged[(False, True)] + flagged[(False, False)]
-    # The model card gives recall 0.93 and precision 0.91 at the suspicious threshold on held-out history. Live
-    # velocity features lag (the online store holds the state at the end of history), so recall is lower live:
-    # most, not nearly all, fraud is flagged; false alarms stay rare.
+    # The model card gives recall 0.93 and precision 0.91 at the suspicious threshold on held-out history.
+    # Live velocity features lag (the online store holds the state at the end of history), so recall is
+    # lower live: most, not nearly all, fraud is flagged; false alarms stay rare.
     assert flagged[(True, True)] / fraud >= 0.6, flagged
     assert flagged[(False, True)] / legit <= 0.05, flagged
 
@@ -142,21 +142,36 @@ def test_health_is_serving_and_reflection_lists_each_service(stack):
 @pytest.mark.skipif(shutil.which("npm") is None, reason="needs Node.js and npm")
 def test_a_node_client_given_only_the_protos_can_score(stack, valid):
     if not (NODE_CLIENT / "node_modules").is_dir():
-        subprocess.run(["npm", "ci", "--silent", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True,
-                       timeout=300)
+        subprocess.run(
+            ["npm", "ci", "--silent", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True, timeout=300
+        )
     t = valid.transaction
     request = {
         "transaction": {
-            "transactionId": "node-" + t.transaction_id, "cardNumber": t.card_number, "customerId": t.customer_id,
-            "merchantId": t.merchant_id, "merchantCategoryCode": t.merchant_category_code,
+            "transactionId": "node-" + t.transaction_id,
+            "cardNumber": t.card_number,
+            "customerId": t.customer_id,
+            "merchantId": t.merchant_id,
+            "merchantCategoryCode": t.merchant_category_code,
             "amount": {"currencyCode": t.amount.currency_code, "amountMinor": str(t.amount.amount_minor)},
-            "createdAt": t.created_at.ToDatetime(UTC).isoformat(), "channel": gateway_pb2.Channel.Name(t.channel),
-            "ipAddress": t.ip_address, "deviceId": t.device_id, "cardCountry": t.card_country,
-            "merchantCountry": t.merchant_country, "ipCountry": t.ip_country,
+            "createdAt": t.created_at.ToDatetime(UTC).isoformat(),
+            "channel": gateway_pb2.Channel.Name(t.channel),
+            "ipAddress": t.ip_address,
+            "deviceId": t.device_id,
+            "cardCountry": t.card_country,
+            "merchantCountry": t.merchant_country,
+            "ipCountry": t.ip_country,
         }
     }
-    out = subprocess.run(["node", "score.js", stack.gateway], cwd=NODE_CLIENT, input=json.dumps(request),
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["node", "score.js", stack.gateway],
+        cwd=NODE_CLIENT,
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     reply = json.loads(out.stdout)["response"]
     assert reply["transactionId"] == "node-" + t.transaction_id
     assert reply["verdict"] in {"VERDICT_NOT_FRAUD", "VERDICT_SUSPICIOUS", "VERDICT_HIGHLY_SUSPICIOUS"}
@@ -164,6 +179,13 @@ def test_a_node_client_given_only_the_protos_can_score(stack, valid):
 
     bad = json.loads(json.dumps(request))
     bad["transaction"]["amount"]["currencyCode"] = "XYZ"
-    out = subprocess.run(["node", "score.js", stack.gateway], cwd=NODE_CLIENT, input=json.dumps(bad),
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["node", "score.js", stack.gateway],
+        cwd=NODE_CLIENT,
+        input=json.dumps(bad),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(out.stdout)["error"]["code"] == "INVALID_ARGUMENT"

@@ -16,11 +16,19 @@ from feast.types import Float64, Int64, String
 #: SCOREGRAPH_FEATURE_DATA points `feast apply` at other tables, e.g. a test's handmade ones.
 DATA = Path(os.environ.get("SCOREGRAPH_FEATURE_DATA", Path(__file__).resolve().parents[3] / "data/features"))
 
-card = Entity(name="card", join_keys=["card_id"], value_type=ValueType.STRING,
-              description="A payment card, keyed by a keyed hash of its number")
+card = Entity(
+    name="card",
+    join_keys=["card_id"],
+    value_type=ValueType.STRING,
+    description="A payment card, keyed by a keyed hash of its number",
+)
 merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
-card_device = Entity(name="card_device", join_keys=["card_device_id"], value_type=ValueType.STRING,
-                     description="A (card, device) pair: unseen pairs are a sign of account takeover")
+card_device = Entity(
+    name="card_device",
+    join_keys=["card_device_id"],
+    value_type=ValueType.STRING,
+    description="A (card, device) pair: unseen pairs are a sign of account takeover",
+)
 
 
 def _source(name: str) -> FileSource:
@@ -101,12 +109,29 @@ def transaction_context(inputs: dict) -> dict:
     import math
 
     never = math.log1p(90 * 86400.0)  # a card with no history reads as "last seen long ago"
-    out = {k: [] for k in ("amount_log", "amount_vs_habit", "hour_sin", "hour_cos", "is_night",
-                           "secs_since_last_txn_log", "ip_country_mismatch", "merchant_country_mismatch",
-                           "is_card_not_present")}
+    out = {
+        k: []
+        for k in (
+            "amount_log",
+            "amount_vs_habit",
+            "hour_sin",
+            "hour_cos",
+            "is_night",
+            "secs_since_last_txn_log",
+            "ip_country_mismatch",
+            "merchant_country_mismatch",
+            "is_card_not_present",
+        )
+    }
     for amount, ts, avg, last, card_c, merchant_c, ip_c, channel in zip(
-        inputs["amount_usd"], inputs["event_ts"], inputs["avg_amount_30d"], inputs["last_txn_ts"],
-        inputs["card_country"], inputs["merchant_country"], inputs["ip_country"], inputs["channel"],
+        inputs["amount_usd"],
+        inputs["event_ts"],
+        inputs["avg_amount_30d"],
+        inputs["last_txn_ts"],
+        inputs["card_country"],
+        inputs["merchant_country"],
+        inputs["ip_country"],
+        inputs["channel"],
         strict=True,
     ):
         hour = (ts % 86400.0) / 3600.0
@@ -125,10 +150,18 @@ def transaction_context(inputs: dict) -> dict:
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
     features=[
-        card_activity[[
-            "txn_count_1h", "txn_amount_1h", "txn_count_24h", "txn_amount_24h", "small_txn_count_24h",
-            "txn_count_7d", "txn_amount_7d", "avg_amount_30d",
-        ]],
+        card_activity[
+            [
+                "txn_count_1h",
+                "txn_amount_1h",
+                "txn_count_24h",
+                "txn_amount_24h",
+                "small_txn_count_24h",
+                "txn_count_7d",
+                "txn_amount_7d",
+                "avg_amount_30d",
+            ]
+        ],
         merchant_risk,
         card_device_history,
         transaction_context,
