@@ -45,10 +45,17 @@ class RunningStack:
         return self.process.wait(timeout=timeout_s)
 
 
-def start_stack(log: Path, **overrides: int) -> RunningStack:
+def start_stack(log: Path, env: dict[str, str] | None = None, **overrides: int) -> RunningStack:
+    """Start `python -m services.stack up` with TEST_PORTS (or `overrides`) and extra environment `env`
+    (e.g. another service's settings or SCOREGRAPH_STACK_* replica counts), and wait until all serve."""
     ports = {**TEST_PORTS, **overrides}
-    env = {**os.environ, **{f"SCOREGRAPH_STACK_{k}": str(v) for k, v in ports.items()}}
-    settings = StackSettings(**{k.lower(): v for k, v in ports.items()})
+    env = {**os.environ, **{f"SCOREGRAPH_STACK_{k}": str(v) for k, v in ports.items()}, **(env or {})}
+    stack_keys = {
+        k.removeprefix("SCOREGRAPH_STACK_").lower(): v
+        for k, v in env.items()
+        if k.startswith("SCOREGRAPH_STACK_")
+    }
+    settings = StackSettings(**stack_keys)
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.stack", "up"],
