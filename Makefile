@@ -98,7 +98,7 @@ demo: build ## build what is missing, start the stack, score live transactions, 
 lint: $(VENV)/.installed ## ruff
 	$(VENV)/bin/ruff check .
 
-test: build ## the whole test suite (unit, integration against real Triton/Feast/Redis)
+test: build lint-protos ## the whole test suite (buf lint; unit, integration against real Triton/Feast/Redis; e2e)
 	$(VENV)/bin/pytest -q
 
 test-unit: env protos ## only the tests that start no real dependency
