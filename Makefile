@@ -93,6 +93,9 @@ up: build ## start tritonserver and every service; Gateway.Score on localhost:50
 demo: build ## build what is missing, start the stack, score live transactions, show the result, stop
 	$(PY) -m services.stack demo
 
+bench: build ## latency and throughput of the graph beside the floors and the monolith (results/, < 10 min)
+	$(PY) -m services.bench
+
 # --- checks --------------------------------------------------------------------------------------------------
 
 lint: $(VENV)/.installed ## ruff
@@ -107,4 +110,4 @@ test-unit: env protos ## only the tests that start no real dependency
 clean: ## remove everything generated (keeps the environments)
 	rm -rf data gen results services/predict/model_repository services/predict/model_repository_gpu
 
-.PHONY: help env protos lint-protos features build up demo lint test test-unit clean
+.PHONY: help env protos lint-protos features build up demo bench lint test test-unit clean

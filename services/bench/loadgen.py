@@ -1,0 +1,101 @@
+"""Open-loop load: requests leave on a fixed schedule whatever the server does, and latency is measured from
+each request's *intended* send time, so a server that falls behind shows its queueing instead of hiding it
+(coordinated omission). Latencies go into an HdrHistogram (microseconds, 3 significant digits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hdrh.histogram import HdrHistogram
+
+#: One minute in microseconds: a request slower than that is recorded as a minute.
+MAX_LATENCY_US = 60_000_000
+
+
+@dataclass
+class RunResult:
+    offered_rate: float
+    duration_s: float
+    histogram: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, MAX_LATENCY_US, 3))
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    #: Requests never sent because too many were outstanding: the server was far behind.
+    dropped: int = 0
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+    def percentile_ms(self, percentile: float) -> float:
+        return self.histogram.get_value_at_percentile(percentile) / 1000.0
+
+    @property
+    def max_ms(self) -> float:
+        return self.histogram.get_max_value() / 1000.0
+
+
+async def open_loop(
+    call: Callable[[int], Awaitable[object]],
+    rate: float,
+    duration_s: float,
+    *,
+    max_outstanding: int = 2000,
+) -> RunResult:
+    """Send `call(i)` at `rate` per second for `duration_s`; a call that raises counts as an error."""
+    result = RunResult(rate, duration_s)
+    outstanding: set[asyncio.Task] = set()
+    interval = 1.0 / rate
+    total = int(rate * duration_s)
+    start = time.perf_counter()
+
+    async def one(i: int, intended: float) -> None:
+        try:
+            await call(i)
+        except Exception:
+            result.errors += 1
+            return
+        finally:
+            latency_us = int((time.perf_counter() - intended) * 1e6)
+            result.histogram.record_value(min(max(latency_us, 1), MAX_LATENCY_US))
+        result.ok += 1
+
+    for i in range(total):
+        intended = start + i * interval
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(outstanding) >= max_outstanding:
+            result.dropped += 1
+            continue
+        task = asyncio.create_task(one(i, intended))
+        outstanding.add(task)
+        task.add_done_callback(outstanding.discard)
+        result.sent += 1
+    if outstanding:
+        await asyncio.wait(outstanding)
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+async def closed_loop(call: Callable[[int], Awaitable[object]], count: int) -> RunResult:
+    """One call at a time: the latency floor with nothing queued."""
+    result = RunResult(0.0, 0.0)
+    start = time.perf_counter()
+    for i in range(count):
+        sent = time.perf_counter()
+        try:
+            await call(i)
+        except Exception:
+            result.errors += 1
+            continue
+        result.histogram.record_value(max(int((time.perf_counter() - sent) * 1e6), 1))
+        result.ok += 1
+    result.sent = count
+    result.duration_s = time.perf_counter() - start
+    result.offered_rate = result.ok / result.duration_s
+    return result
