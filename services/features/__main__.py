@@ -12,6 +12,7 @@ from services.features.settings import FeaturesSettings
 from services.runtime.errors import UpstreamFailed
 from services.runtime.logging import configure_logging
 from services.runtime.server import run
+from services.runtime.tracing import configure_tracing
 
 log = structlog.get_logger("services.features")
 
@@ -32,11 +33,13 @@ def main() -> None:
         feature_services={name: features.contract(name).width for name in features.feature_services},
     )
     reads = ThreadPoolExecutor(threads, thread_name_prefix="online-read") if threads else None
+    tracing = configure_tracing("scoregraph-features")
     try:
         asyncio.run(run(settings, [features_registration(features, reads)]))
     finally:
         if reads is not None:
             reads.shutdown()
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

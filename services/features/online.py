@@ -10,16 +10,18 @@ import math
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 import redis.exceptions
 import yaml
-from feast import FeatureService, FeatureStore, RepoConfig
-from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
+from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
+from opentelemetry import trace
 
 from services.features.aggregates import minor_to_usd
 from services.features.feature_service import contract_of
@@ -35,6 +37,8 @@ ONLINE_STORE_HOP = "online_store"
 # What the online stores raise when they cannot be read (a locked or missing SQLite file, Redis down).
 # Anything else Feast raises is a bug here or there, and must not pass for a retryable outage.
 _STORE_ERRORS = (sqlite3.Error, redis.exceptions.RedisError, OSError)
+
+_tracer = trace.get_tracer(__name__)
 
 _MISSING_AGE_MS = -1
 # Resolved once: each FieldStatus.X goes through protobuf's enum wrapper, a cost that shows per feature.
@@ -107,27 +111,65 @@ class Freshness:
 
 
 @dataclass(frozen=True)
+class StoredView:
+    """A feature view the feature service reads from the online store, keyed by one entity."""
+
+    view: FeatureView
+    join_key: str
+    features: tuple[str, ...]
+    """The features read: the feature service's, and those its on-demand views compute from."""
+
+
+@dataclass(frozen=True)
+class OnDemandView:
+    """An on-demand feature view: the Python function Feast registered, run on stored and request values."""
+
+    transform: Callable[[dict], dict]
+    sources: tuple[tuple[str, str], ...]
+    """(stored view, feature) pairs the function reads, besides the request values."""
+
+
+@dataclass(frozen=True)
 class ServedFeatureService:
-    """A feature service as read online: Feast's object, the model's order, and each feature's freshness."""
+    """A feature service as read online: Feast's object, the model's order, each feature's freshness, and
+    what a read must fetch and compute."""
 
     service: FeatureService
     contract: FeatureContract
     freshness: Mapping[str, Freshness]
+    stored: tuple[StoredView, ...] = ()
+    on_demand: tuple[OnDemandView, ...] = ()
 
     @classmethod
     def from_store(cls, store: FeatureStore, name: str) -> ServedFeatureService:
         service = store.get_feature_service(name)
-        on_demand = {view.name for view in store.list_on_demand_feature_views()}
-        freshness = {}
+        on_demand_views = {view.name: view for view in store.list_on_demand_feature_views()}
+        freshness, reads, on_demand = {}, {}, []
         for projection in service.feature_view_projections:
-            if projection.name in on_demand:
+            if projection.name in on_demand_views:
+                odfv = on_demand_views[projection.name]
+                sources = tuple(
+                    (source.name, feature.name)
+                    for source in odfv.source_feature_view_projections.values()
+                    for feature in source.features
+                )
+                for view, feature in sources:
+                    reads.setdefault(view, {})[feature] = None
+                on_demand.append(OnDemandView(odfv.feature_transformation.udf, sources))
                 view_freshness = Freshness(on_demand=True, ttl_ms=None)
             else:
                 ttl = store.get_feature_view(projection.name).ttl
                 ttl_ms = int(ttl.total_seconds() * 1000) if ttl else None
                 view_freshness = Freshness(on_demand=False, ttl_ms=ttl_ms)
+                reads.setdefault(projection.name, {}).update(
+                    dict.fromkeys(f.name for f in projection.features)
+                )
             freshness.update({feature.name: view_freshness for feature in projection.features})
-        return cls(service, contract_of(store, name), freshness)
+        stored = []
+        for view_name, features in reads.items():
+            view = store.get_feature_view(view_name)
+            stored.append(StoredView(view, view.join_keys[0], tuple(features)))
+        return cls(service, contract_of(store, name), freshness, tuple(stored), tuple(on_demand))
 
 
 def repo_config(settings: FeaturesSettings) -> RepoConfig:
@@ -205,24 +247,26 @@ def feature_state(
     return number, FeatureStatus.PRESENT, age_ms
 
 
-def vector_from_response(
-    response: GetOnlineFeaturesResponse, served: ServedFeatureService, event_time: datetime
+@dataclass(frozen=True)
+class Column:
+    """One feature as read: Feast's field status, the value, and when the store observed it."""
+
+    status: int
+    value: Value
+    observed_ms: int = 0
+
+
+def vector_from_columns(
+    columns: Mapping[str, Column], served: ServedFeatureService, event_time: datetime
 ) -> FeatureVector:
-    """The one entity row of Feast's response, put in the contract's order."""
-    # Feast orders its response by feature view as it groups them, not as the feature service lists them.
-    columns = {name: index for index, name in enumerate(response.metadata.feature_names.val)}
+    """The features read, put in the contract's order and judged as of the event time."""
     event_ms = _unix_ms(event_time)
     names = served.contract.feature_names
     values, statuses, ages = [], [], []
     for name in names:
-        column = response.results[columns[name]]
-        observed = column.event_timestamps[0]
+        column = columns[name]
         value, status, age = feature_state(
-            column.statuses[0],
-            column.values[0],
-            observed.seconds * 1000 + observed.nanos // 1_000_000,
-            served.freshness[name],
-            event_ms,
+            column.status, column.value, column.observed_ms, served.freshness[name], event_ms
         )
         values.append(value)
         statuses.append(status)
@@ -230,6 +274,19 @@ def vector_from_response(
     return FeatureVector(
         served.contract.feature_service, names, tuple(values), tuple(statuses), tuple(ages), event_time
     )
+
+
+_NOT_FOUND = Column(FieldStatus.NOT_FOUND, Value())
+
+
+def _python(value: Value | None) -> float | None:
+    if value is None or value.WhichOneof("val") is None:
+        return None
+    return _value_as_float(value)
+
+
+def _as_value(number: float | int | None) -> Value:
+    return Value() if number is None else Value(double_val=float(number))
 
 
 def _unix_ms(moment: datetime) -> int:
@@ -245,7 +302,10 @@ class OnlineFeatures:
 
     def __init__(self, store: FeatureStore, feature_services: Iterable[str]) -> None:
         self._store = store
+        # Feast's provider reaches the online store the FeatureStore was configured with (SQLite or Redis).
+        self._provider = store._get_provider()
         self._served = {name: ServedFeatureService.from_store(store, name) for name in feature_services}
+        self._store_type = str(getattr(store.config.online_store, "type", "") or "")
 
     @classmethod
     def of_registry(cls, store: FeatureStore) -> OnlineFeatures:
@@ -265,7 +325,7 @@ class OnlineFeatures:
     def read(self, request: FeatureRequest) -> FeatureVector:
         """The feature service's vector for one transaction, as of its event time.
 
-        Blocking: a store round trip, about 1 ms on SQLite, of which most is Feast's own work.
+        Blocking: one store read per feature view, about 0.05 ms each on SQLite.
         """
         violations = request_violations(request, self._served)
         if violations:
@@ -285,15 +345,42 @@ class OnlineFeatures:
             "channel": values.channel,
         }
         try:
-            # Short names: with full_feature_names=True Feast 0.67 drops python-mode on-demand features
-            # from online responses. Short names are unique within a feature service (Feast refuses
-            # collisions), so nothing is lost.
-            response = self._store.get_online_features(
-                features=served.service, entity_rows=[row], full_feature_names=False
-            )
+            with _tracer.start_as_current_span(
+                "feast online read",
+                kind=trace.SpanKind.CLIENT,
+                attributes={"db.system": self._store_type, "scoregraph.feature_service": served.service.name},
+            ):
+                columns = self._read_columns(served, row)
         except _STORE_ERRORS as error:
             raise UpstreamFailed(ONLINE_STORE_HOP, grpc.StatusCode.UNAVAILABLE, str(error)) from error
-        return vector_from_response(response.proto, served, event_time)
+        return vector_from_columns(columns, served, event_time)
+
+    def _read_columns(self, served: ServedFeatureService, row: Mapping[str, object]) -> dict[str, Column]:
+        """What Feast's `get_online_features` returns, without its per-call overhead.
+
+        The SDK call spends ~1.3 ms of Python on request preparation, runtime type checks and proto
+        conversions around ~0.05 ms of store reads per feature view. This makes the same reads through the
+        provider's `online_read` (one per stored view) and runs the on-demand views' registered functions
+        directly on the values; tests check both paths agree.
+        """
+        columns: dict[str, Column] = {}
+        stored: dict[str, dict[str, Value]] = {}
+        for source in served.stored:
+            entity = Value(string_val=row[source.join_key])
+            key = EntityKey(join_keys=[source.join_key], entity_values=[entity])
+            [(observed, values)] = self._provider.online_read(
+                self._store.config, source.view, [key], list(source.features)
+            )
+            stored[source.view.name] = values or {}
+            observed_ms = _unix_ms(observed) if observed else 0
+            for name, value in (values or {}).items():
+                columns[name] = Column(FieldStatus.PRESENT, value, observed_ms)
+        for odfv in served.on_demand:
+            inputs = {name: [value] for name, value in row.items()}
+            inputs.update({feature: [_python(stored[view].get(feature))] for view, feature in odfv.sources})
+            for name, values in odfv.transform(inputs).items():
+                columns[name] = Column(FieldStatus.PRESENT, _as_value(values[0]))
+        return {name: columns.get(name, _NOT_FOUND) for name in served.contract.feature_names}
 
     def warm_up(self) -> None:
         """Read each feature service once for a card no store holds.

@@ -4,41 +4,27 @@ import asyncio
 import sys
 
 import structlog
-from opentelemetry import trace
-from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from scoregraph.features.v1 import features_pb2_grpc
-from scoregraph.postprocess.v1 import postprocess_pb2_grpc
 
 from services.gateway.graph import ScoreGraph
 from services.gateway.servicer import gateway_registration
 from services.gateway.settings import GatewaySettings
-from services.gateway.upstreams import TritonReplicas, upstream_channel
+from services.gateway.upstreams import Upstreams
 from services.predict.client import PredictError
 from services.runtime.logging import configure_logging
 from services.runtime.server import run
+from services.runtime.tracing import configure_tracing
 
 SERVICE = "scoregraph-gateway"
 
 log = structlog.get_logger(__name__)
 
 
-def configure_tracing() -> TracerProvider:
-    """The global tracer provider, from the standard OTEL_* variables (sampler, resource attributes)."""
-    named = SERVICE_NAME in OTELResourceDetector().detect().attributes
-    provider = TracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: SERVICE}))
-    trace.set_tracer_provider(provider)
-    return provider
-
-
 async def serve(settings: GatewaySettings) -> None:
-    tracing = configure_tracing()
-    triton = TritonReplicas.connect(settings.triton_addresses, settings.model_name)
-    features = upstream_channel(settings.features_addresses)
-    postprocess = upstream_channel(settings.postprocess_addresses)
+    tracing = configure_tracing(SERVICE)
+    upstreams = Upstreams.connect(settings)
     try:
         # Before the server binds: a gateway that cannot know the feature order must not take calls.
-        served = await triton.load_contract(timeout_s=settings.model_load_timeout_s)
+        served = await upstreams.triton.load_contract(timeout_s=settings.model_load_timeout_s)
         log.info(
             "model contract loaded",
             model=served.name,
@@ -48,17 +34,15 @@ async def serve(settings: GatewaySettings) -> None:
         )
         graph = ScoreGraph(
             settings,
-            features=features_pb2_grpc.FeaturesServiceStub(features),
-            predictor=triton,
+            features=upstreams.features,
+            predictor=upstreams.predict,
             served_model=served,
-            postprocess=postprocess_pb2_grpc.PostprocessServiceStub(postprocess),
+            postprocess=upstreams.postprocess,
             tracer=tracing.get_tracer("services.gateway"),
         )
         await run(settings, [gateway_registration(graph)])
     finally:
-        await features.close()
-        await postprocess.close()
-        await triton.close()
+        await upstreams.close()
         tracing.shutdown()
 
 

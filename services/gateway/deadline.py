@@ -22,6 +22,10 @@ class Deadline:
         self._expires_at = clock() + budget_s
         self._reserve_s = reserve_s
 
+    @property
+    def reserve_s(self) -> float:
+        return self._reserve_s
+
     def remaining_s(self) -> float:
         return self._expires_at - self._clock()
 

@@ -2,12 +2,12 @@
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 import numpy as np
 import structlog
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from scoregraph.features.v1 import features_pb2, features_pb2_grpc
 from scoregraph.gateway.v1 import gateway_pb2
@@ -27,9 +27,19 @@ from services.predict.client import (
     PredictTimeout,
     ServedModel,
 )
-from services.runtime.errors import UpstreamFailed
+from services.runtime.errors import DeadlineExceeded, UpstreamFailed
+from services.runtime.resilience import (
+    DEGRADED_VERDICTS,
+    Attempt,
+    AttemptFailed,
+    HedgedCall,
+    ReplicaSet,
+)
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 FEATURES = "features"
 PREDICT = "predict"
@@ -43,7 +53,8 @@ _PREDICT_ERROR_CODES = (
 
 
 class Predictor(Protocol):
-    """Scores feature rows ordered as the served model's contract (TritonReplicas, in production)."""
+    """Scores feature rows ordered as the served model's contract (a PredictClient per Triton replica, in
+    production)."""
 
     async def predict(
         self, features: np.ndarray, *, timeout_s: float, headers: Mapping[str, str] | None = None
@@ -63,25 +74,31 @@ class HopFailed(Exception):
 class ScoreGraph:
     """Answers Score requests by calling the features, predict and postprocess hops in turn.
 
-    Every hop gets what remains of the caller's deadline. A failing hop degrades the verdict to UNCERTAIN
-    or fails the call, as `on_dependency_failure` says; an upstream's INVALID_ARGUMENT always fails it,
-    since it means the gateway sent a malformed request.
+    Every hop gets what remains of the caller's deadline, less a reserve for the gateway's work after it,
+    and is hedged and retried across the hop's replicas (HedgedCall). A failing hop degrades the verdict to
+    UNCERTAIN or fails the call, as `on_dependency_failure` says; an upstream's INVALID_ARGUMENT always
+    fails it, since it means the gateway sent a malformed request.
     """
 
     def __init__(
         self,
         settings: GatewaySettings,
         *,
-        features: features_pb2_grpc.FeaturesServiceStub,
-        predictor: Predictor,
+        features: ReplicaSet[features_pb2_grpc.FeaturesServiceStub],
+        predictor: ReplicaSet[Predictor],
         served_model: ServedModel,
-        postprocess: postprocess_pb2_grpc.PostprocessServiceStub,
+        postprocess: ReplicaSet[postprocess_pb2_grpc.PostprocessServiceStub],
         tracer: trace.Tracer,
     ) -> None:
-        self._features = features
-        self._predictor = predictor
+        retry = settings.retry_policy()
+
+        def hedged(hop: str, replicas: ReplicaSet) -> HedgedCall:
+            return HedgedCall(hop, replicas, hedge=settings.hedge_policy(hop), retry=retry, tracer=tracer)
+
+        self.features = hedged(FEATURES, features)
+        self.predict = hedged(PREDICT, predictor)
+        self.postprocess = hedged(POSTPROCESS, postprocess)
         self._served = served_model
-        self._postprocess = postprocess
         self._tracer = tracer
         self._card_key = settings.card_key.get_secret_value()
         self._default_budget_s = settings.default_deadline_ms / 1000
@@ -100,29 +117,27 @@ class ScoreGraph:
         with self._tracer.start_as_current_span("score", context=parent) as span:
             validate_score_request(request, now=time.time(), window=self._created_at_window)
             tx = request.transaction
-            # One carrier for all hops: each is a child of this span.
-            headers: dict[str, str] = {}
-            propagate.inject(headers)
-            metadata = tuple(headers.items())
 
             failures: list[HopFailed] = []
             summary: postprocess_pb2.FeatureSummary | None = None
             prediction: PredictResult | None = None
             try:
-                features = await self._read_features(tx, deadline, metadata)
+                features = await self._read_features(tx, deadline)
                 summary = summarize_features(features)
-                prediction = await self._predict(features, deadline, headers)
+                prediction = await self._predict(features, deadline)
             except HopFailed as failure:
                 self._fail_unless_degradable(failure)
                 failures.append(failure)
 
             label_request = _label_request(prediction, summary, failures)
             try:
-                verdict, reasons = await self._label(label_request, deadline, metadata)
+                verdict, reasons = await self._label(label_request, deadline, after_failure=bool(failures))
             except HopFailed as failure:
                 self._fail_unless_degradable(failure)
                 failures.append(failure)
                 verdict, reasons = Verdict.UNCERTAIN, _failure_reasons(failures)
+            for failure in failures:
+                DEGRADED_VERDICTS.labels(failure.hop).inc()
 
             assessment = Assessment(
                 transaction_id=tx.transaction_id,
@@ -155,16 +170,26 @@ class ScoreGraph:
         if self._fail_on_dependency_failure or failure.code is grpc.StatusCode.INVALID_ARGUMENT:
             raise UpstreamFailed(failure.hop, failure.code, failure.message) from failure
 
+    async def _call(self, hop: HedgedCall[T], attempt: Attempt[T, R], deadline: Deadline) -> R:
+        try:
+            return await hop(attempt, deadline)
+        except AttemptFailed as failure:
+            raise HopFailed(hop.hop, failure.code, failure.message) from failure
+
     async def _read_features(
-        self, tx: gateway_pb2.Transaction, deadline: Deadline, metadata: Sequence[tuple[str, str]]
+        self, tx: gateway_pb2.Transaction, deadline: Deadline
     ) -> features_pb2.GetFeaturesResponse:
         request = translate_transaction(tx, self._card_key, self._served.contract.feature_service)
-        try:
-            response = await self._features.GetFeatures(
-                request, timeout=deadline.hop_timeout_s(FEATURES), metadata=metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            raise HopFailed(FEATURES, error.code(), error.details() or "") from error
+
+        async def attempt(
+            stub: features_pb2_grpc.FeaturesServiceStub, timeout_s: float, headers: dict[str, str]
+        ) -> features_pb2.GetFeaturesResponse:
+            try:
+                return await stub.GetFeatures(request, timeout=timeout_s, metadata=tuple(headers.items()))
+            except grpc.aio.AioRpcError as error:
+                raise AttemptFailed(error.code(), error.details() or "") from error
+
+        response = await self._call(self.features, attempt, deadline)
         self._check_contract(response)
         return response
 
@@ -188,33 +213,41 @@ class ScoreGraph:
                 f"{len(response.statuses)} statuses",
             )
 
-    async def _predict(
-        self, features: features_pb2.GetFeaturesResponse, deadline: Deadline, headers: Mapping[str, str]
-    ) -> PredictResult:
+    async def _predict(self, features: features_pb2.GetFeaturesResponse, deadline: Deadline) -> PredictResult:
         # NaN (missing) stays NaN: the model imputes missing features itself.
         row = np.array(features.values, dtype=np.float32).reshape(1, -1)
-        timeout_s = deadline.hop_timeout_s(PREDICT)
-        try:
-            return await self._predictor.predict(row, timeout_s=timeout_s, headers=headers)
-        except PredictError as error:
-            code = next(
-                (code for kind, code in _PREDICT_ERROR_CODES if isinstance(error, kind)),
-                grpc.StatusCode.UNKNOWN,
-            )
-            raise HopFailed(PREDICT, code, str(error)) from error
+
+        async def attempt(predictor: Predictor, timeout_s: float, headers: dict[str, str]) -> PredictResult:
+            try:
+                return await predictor.predict(row, timeout_s=timeout_s, headers=headers)
+            except PredictError as error:
+                code = next(
+                    (code for kind, code in _PREDICT_ERROR_CODES if isinstance(error, kind)),
+                    grpc.StatusCode.UNKNOWN,
+                )
+                raise AttemptFailed(code, str(error)) from error
+
+        return await self._call(self.predict, attempt, deadline)
 
     async def _label(
-        self,
-        request: postprocess_pb2.LabelRequest,
-        deadline: Deadline,
-        metadata: Sequence[tuple[str, str]],
+        self, request: postprocess_pb2.LabelRequest, deadline: Deadline, *, after_failure: bool
     ) -> tuple[Verdict, tuple[Reason, ...]]:
+        async def attempt(
+            stub: postprocess_pb2_grpc.PostprocessServiceStub, timeout_s: float, headers: dict[str, str]
+        ) -> postprocess_pb2.LabelResponse:
+            try:
+                return await stub.Label(request, timeout=timeout_s, metadata=tuple(headers.items()))
+            except grpc.aio.AioRpcError as error:
+                raise AttemptFailed(error.code(), error.details() or "") from error
+
         try:
-            response = await self._postprocess.Label(
-                request, timeout=deadline.hop_timeout_s(POSTPROCESS), metadata=metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            raise HopFailed(POSTPROCESS, error.code(), error.details() or "") from error
+            response = await self._call(self.postprocess, attempt, deadline)
+        except DeadlineExceeded as error:
+            if not after_failure:
+                raise
+            # An earlier hop that ran out the budget already decided the verdict: the gateway answers it
+            # in the reserve rather than fail a call it can still answer.
+            raise HopFailed(POSTPROCESS, grpc.StatusCode.DEADLINE_EXCEEDED, error.message) from error
         try:
             return decode_label(response)
         except UnknownLabel as error:

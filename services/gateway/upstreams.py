@@ -1,14 +1,14 @@
-"""Connections to the gateway's upstreams, each spread over all of its replicas."""
+"""Connections to the gateway's upstreams: a client per replica, so a call can choose (and avoid) replicas."""
 
 import asyncio
-import ipaddress
-import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
-import numpy as np
 import structlog
+from scoregraph.features.v1 import features_pb2_grpc
+from scoregraph.postprocess.v1 import postprocess_pb2_grpc
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -17,68 +17,56 @@ from tenacity import (
     wait_exponential,
 )
 
+from services.gateway.settings import GatewaySettings
 from services.predict.client import (
     ModelUnavailable,
     PredictClient,
     PredictError,
-    PredictResult,
     PredictTimeout,
     ServedModel,
 )
+from services.runtime.resilience import Replica, ReplicaSet
 
 log = structlog.get_logger(__name__)
 
+# A replica address that is a DNS name resolving to several addresses is still spread over all of them.
 _ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+# A replica that went away (a restart, a crash) is tried again within a second once it is back: on one host
+# or one cluster network, gRPC's default backoff (1 s growing to 120 s) would keep it out for minutes.
+_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 # Per attempt while waiting for Triton: a replica that is up answers its model config in milliseconds.
 _CONTRACT_READ_TIMEOUT_S = 5.0
 
 
-def channel_target(addresses: Sequence[str]) -> str:
-    """The gRPC target that resolves to every address of `addresses`.
-
-    A list of IP addresses becomes a static `ipv4:`/`ipv6:` target. One host name goes through DNS, which
-    may resolve it to all replicas (a Kubernetes headless service). Several host names have no target
-    that names them all.
-    """
-    hosts = [address.rpartition(":")[0] for address in addresses]
-    try:
-        versions = {ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).version for host in hosts}
-    except ValueError:
-        if len(addresses) == 1:
-            return f"dns:///{addresses[0]}"
-        raise ValueError(
-            f"replica list {','.join(addresses)} mixes host names with other addresses; list IP "
-            "addresses, or give one DNS name that resolves to all replicas"
-        ) from None
-    if len(versions) > 1:
-        raise ValueError(f"replica list {','.join(addresses)} mixes IPv4 and IPv6 addresses")
-    return f"ipv{versions.pop()}:{','.join(addresses)}"
-
-
-def upstream_channel(addresses: Sequence[str]) -> grpc.aio.Channel:
-    """One channel over all replicas of an upstream, balancing calls round robin among the ready ones."""
+def replica_channel(address: str) -> grpc.aio.Channel:
+    """The channel to one replica (`host:port`)."""
     return grpc.aio.insecure_channel(
-        channel_target(addresses), options=[("grpc.service_config", _ROUND_ROBIN)]
+        f"dns:///{address}", options=[("grpc.service_config", _ROUND_ROBIN), *_RECONNECT_OPTIONS]
     )
 
 
 class TritonReplicas:
-    """The model on every Triton replica, one PredictClient each, called in turn.
+    """The model on every Triton replica, one PredictClient each.
 
     All replicas must serve the same model version under the same feature contract: features are put
     in the contract's order once, for whichever replica gets the call.
     """
 
-    def __init__(self, clients: Sequence[PredictClient]) -> None:
+    def __init__(self, clients: Sequence[PredictClient], addresses: Sequence[str] | None = None) -> None:
         if not clients:
             raise ValueError("at least one Triton replica is required")
-        self._clients = tuple(clients)
-        self._turns = itertools.cycle(self._clients)
+        self.clients = tuple(clients)
+        self.addresses = tuple(addresses or (f"triton-{i}" for i in range(len(clients))))
 
     @classmethod
     def connect(cls, addresses: Sequence[str], model_name: str) -> "TritonReplicas":
-        return cls([PredictClient(address, model_name) for address in addresses])
+        return cls([PredictClient(address, model_name) for address in addresses], addresses)
 
     async def load_contract(self, *, timeout_s: float) -> ServedModel:
         """The served model and its feature contract, waiting up to `timeout_s` for every replica to
@@ -92,19 +80,52 @@ class TritonReplicas:
         ):
             with attempt:
                 served = await asyncio.gather(
-                    *(client.load_contract(timeout_s=_CONTRACT_READ_TIMEOUT_S) for client in self._clients)
+                    *(client.load_contract(timeout_s=_CONTRACT_READ_TIMEOUT_S) for client in self.clients)
                 )
         if len(set(served)) > 1:
             raise PredictError(f"Triton replicas serve different models or contracts: {served}")
         return served[0]
 
-    async def predict(
-        self, features: np.ndarray, *, timeout_s: float, headers: Mapping[str, str] | None = None
-    ) -> PredictResult:
-        return await next(self._turns).predict(features, timeout_s=timeout_s, headers=headers)
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for client in self.clients))
+
+
+@dataclass
+class Upstreams:
+    """Every replica of every hop the gateway calls."""
+
+    features: ReplicaSet[features_pb2_grpc.FeaturesServiceStub]
+    triton: TritonReplicas
+    predict: ReplicaSet[PredictClient]
+    postprocess: ReplicaSet[postprocess_pb2_grpc.PostprocessServiceStub]
+    channels: tuple[grpc.aio.Channel, ...]
+
+    @classmethod
+    def connect(cls, settings: GatewaySettings) -> "Upstreams":
+        ejection_s = settings.replica_ejection_ms / 1000
+        channels: list[grpc.aio.Channel] = []
+
+        def replicas(addresses: Sequence[str], stub: type) -> ReplicaSet:
+            members = []
+            for address in addresses:
+                channels.append(replica_channel(address))
+                members.append(Replica(address, stub(channels[-1])))
+            return ReplicaSet(members, ejection_s=ejection_s)
+
+        triton = TritonReplicas.connect(settings.triton_addresses, settings.model_name)
+        return cls(
+            features=replicas(settings.features_addresses, features_pb2_grpc.FeaturesServiceStub),
+            triton=triton,
+            predict=ReplicaSet(
+                [Replica(a, c) for a, c in zip(triton.addresses, triton.clients, strict=True)],
+                ejection_s=ejection_s,
+            ),
+            postprocess=replicas(settings.postprocess_addresses, postprocess_pb2_grpc.PostprocessServiceStub),
+            channels=tuple(channels),
+        )
 
     async def close(self) -> None:
-        await asyncio.gather(*(client.close() for client in self._clients))
+        await asyncio.gather(*(channel.close() for channel in self.channels), self.triton.close())
 
 
 def _log_waiting(state: RetryCallState) -> None:

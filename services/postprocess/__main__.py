@@ -10,6 +10,7 @@ from services.postprocess.servicer import postprocess_registration
 from services.postprocess.settings import PostprocessSettings
 from services.runtime.logging import configure_logging
 from services.runtime.server import run
+from services.runtime.tracing import configure_tracing
 
 log = structlog.get_logger("services.postprocess")
 
@@ -26,7 +27,11 @@ def main() -> None:
         "label policies loaded",
         policies={name: policy.policy_version for name, policy in policies.policies.items()},
     )
-    asyncio.run(run(settings, [postprocess_registration(policies)]))
+    tracing = configure_tracing("scoregraph-postprocess")
+    try:
+        asyncio.run(run(settings, [postprocess_registration(policies)]))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import grpc
 import structlog
+from opentelemetry import trace
 from scoregraph.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
 
 from services.postprocess.codec import outcome_from_request, response_from_decision
@@ -20,6 +21,14 @@ class PostprocessServicer(postprocess_pb2_grpc.PostprocessServiceServicer):
     ) -> postprocess_pb2.LabelResponse:
         outcome = outcome_from_request(request)
         decision = self._policies.decide(outcome)
+        trace.get_current_span().set_attributes(
+            {
+                "scoregraph.model_name": outcome.model.name if outcome.model else "",
+                "scoregraph.model_version": outcome.model.version if outcome.model else "",
+                "scoregraph.label": decision.label.name,
+                "scoregraph.policy_version": decision.policy_version,
+            }
+        )
         log.info(
             "labelled",
             model=outcome.model.name if outcome.model else None,

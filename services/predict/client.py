@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as triton
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from services.predict.contract import INPUT_TENSOR, OUTPUT_TENSOR, FeatureContract
@@ -41,6 +41,17 @@ _ERRORS_BY_STATUS: dict[str, type[PredictError]] = {
 }
 
 
+# A Triton replica that restarts is called again within a second of being back, not after gRPC's default
+# backoff (up to two minutes).
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -59,7 +70,7 @@ class PredictClient:
     def __init__(self, url: str, model_name: str) -> None:
         self._url = url
         self._model_name = model_name
-        self._client = triton.InferenceServerClient(url)
+        self._client = triton.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
         self._served: ServedModel | None = None
 
     @property
@@ -90,7 +101,11 @@ class PredictClient:
     async def predict(
         self, features: np.ndarray, *, timeout_s: float, headers: Mapping[str, str] | None = None
     ) -> PredictResult:
-        """Score each row of `features`, ordered as the contract's feature names."""
+        """Score each row of `features`, ordered as the contract's feature names, within `timeout_s`.
+
+        Triton gets the timeout too (its `timeout` request parameter): a request still queued when it
+        passes is dropped rather than computed for a caller that has gone.
+        """
         if self._served is None:
             raise RuntimeError("call load_contract() before predict(): the feature order comes from Triton")
         served = self._served
@@ -108,6 +123,7 @@ class PredictClient:
                 [request],
                 model_version=served.version,
                 outputs=[InferRequestedOutput(OUTPUT_TENSOR)],
+                timeout=max(1, int(timeout_s * 1_000_000)),
                 client_timeout=timeout_s,
                 headers=headers,
             )

@@ -5,9 +5,18 @@ triton environment, so it imports nothing from this package.
 
 Loading fails unless model.onnx was trained on exactly the feature contract that config.pbtxt publishes to
 the gateway: features in a different order would still produce scores, just wrong ones.
+
+Faults can be injected per tritonserver process for tests, demos and benchmarks, as the other services'
+`SCOREGRAPH_<SERVICE>_FAULT_*` settings do: `SCOREGRAPH_TRITON_FAULT_DELAY_MS` (with `_DELAY_SHARE`,
+default 1), `SCOREGRAPH_TRITON_FAULT_ERROR_SHARE` (answered UNAVAILABLE) and `SCOREGRAPH_TRITON_FAULT_HANG`
+(no answer until the caller cancels).
 """
 
 import json
+import os
+import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +29,34 @@ METADATA_FEATURE_NAMES = "scoregraph.feature_names"
 PARAMETER_FEATURE_SERVICE = "feature_service"
 PARAMETER_FEATURE_NAMES = "feature_names"
 MODEL_FILENAME = "model.onnx"
+FAULT_ENV_PREFIX = "SCOREGRAPH_TRITON_FAULT_"
+_HANG_POLL_S = 0.005
+
+
+@dataclass(frozen=True)
+class Faults:
+    delay_s: float = 0.0
+    delay_share: float = 1.0
+    error_share: float = 0.0
+    hang: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> "Faults":
+        def number(name: str, default: float) -> float:
+            return float(env.get(FAULT_ENV_PREFIX + name, "") or default)
+
+        return cls(
+            delay_s=number("DELAY_MS", 0.0) / 1000,
+            delay_share=number("DELAY_SHARE", 1.0),
+            error_share=number("ERROR_SHARE", 0.0),
+            hang=env.get(FAULT_ENV_PREFIX + "HANG", "").lower() in {"1", "true", "yes", "on"},
+        )
+
+    def delay_for(self, requests: int, rng: random.Random) -> float:
+        """Seconds to hold a batch of `requests`: the delay when any of them draws it."""
+        if not self.delay_s or not any(rng.random() < self.delay_share for _ in range(requests)):
+            return 0.0
+        return self.delay_s
 
 
 def contract_mismatch(
@@ -68,6 +105,9 @@ class TritonPythonModel:
         model_path = Path(args["model_repository"]) / args["model_version"] / MODEL_FILENAME
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
+        self._faults = Faults.from_env(dict(os.environ))
+        self._rng = random.Random()
+
         mismatch = contract_mismatch(
             feature_service, feature_names, self._session.get_modelmeta().custom_metadata_map
         )
@@ -80,6 +120,16 @@ class TritonPythonModel:
             )
 
     def execute(self, requests: list) -> list:
+        if self._faults.hang:
+            return self._hang(requests)
+        if self._faults.error_share and self._rng.random() < self._faults.error_share:
+            return [
+                pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("injected fault", pb_utils.TritonError.UNAVAILABLE)
+                )
+                for _ in requests
+            ]
+        time.sleep(self._faults.delay_for(len(requests), self._rng))
         responses = [None] * len(requests)
         accepted, batches = [], []
         for index, request in enumerate(requests):
@@ -110,3 +160,15 @@ class TritonPythonModel:
                 [pb_utils.Tensor(self._output_name, request_scores)]
             )
         return responses
+
+    def _hang(self, requests: list) -> list:
+        # Held until every caller has gone (cancelled, or its Triton-side timeout passed), as a hung
+        # replica would, and then released: Triton still needs a response per request.
+        while not all(request.is_cancelled() for request in requests):
+            time.sleep(_HANG_POLL_S)
+        return [
+            pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)
+            )
+            for _ in requests
+        ]

@@ -9,12 +9,14 @@ uses only the standard library, and the server it starts gets the triton environ
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 TRITON_ENV_VARIABLE = "SCOREGRAPH_TRITON_ENV"
+OTLP_URL_VARIABLE = "SCOREGRAPH_TRITON_OTLP_TRACES_URL"
+TRITON_SERVICE_NAME = "scoregraph-triton"
 DEFAULT_TRITON_ENV = Path(__file__).resolve().parents[2] / ".venv-triton"
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
@@ -72,6 +74,68 @@ class TritonInstallation:
         return backends
 
 
+def trace_args(environ: Mapping[str, str]) -> list[str]:
+    """tritonserver's OpenTelemetry trace options, from the OTEL_* variables the services read too.
+
+    Triton exports OTLP over HTTP only: it takes OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a full URL) or
+    OTEL_EXPORTER_OTLP_ENDPOINT (a base URL, `/v1/traces` appended) when the protocol is http/protobuf,
+    and SCOREGRAPH_TRITON_OTLP_TRACES_URL over either, e.g. when the services export over gRPC. A Score
+    call's traceparent header makes Triton's request span (with its queue and compute timestamps) a child
+    of the gateway's predict span.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return []
+    url = environ.get(OTLP_URL_VARIABLE, "").strip()
+    if not url:
+        protocol = (
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        ).strip()
+        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        if protocol != "http/protobuf":
+            return []
+        url = traces or (f"{base.rstrip('/')}/v1/traces" if base else "")
+    if not url:
+        return []
+    rate = _sampling_rate(environ)
+    if rate is None:
+        return []
+    service = environ.get("OTEL_SERVICE_NAME") or TRITON_SERVICE_NAME
+    options = [
+        "mode=opentelemetry",
+        # Timestamps only: TENSORS would put the feature values into the spans.
+        "level=TIMESTAMPS",
+        f"rate={rate}",
+        "count=-1",
+        f"opentelemetry,url={url}",
+        f"opentelemetry,resource=service.name={service}",
+    ]
+    delay = environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
+    if delay.isdigit():
+        options.append(f"opentelemetry,bsp_schedule_delay={delay}")
+    return [f"--trace-config={option}" for option in options]
+
+
+def _sampling_rate(environ: Mapping[str, str]) -> int | None:
+    """Triton samples one request in `rate`; None: the sampler traces nothing."""
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if sampler.endswith("always_off"):
+        return None
+    if sampler.endswith("traceidratio"):
+        try:
+            ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        except ValueError:
+            ratio = 1.0
+        if ratio <= 0:
+            return None
+        return max(round(1 / min(ratio, 1.0)), 1)
+    return 1
+
+
 @dataclass(frozen=True)
 class ServerCommand:
     argv: list[str]
@@ -106,6 +170,7 @@ def server_command(
     ]
     if model_control_mode == "explicit":
         argv.append("--load-model=*")
+    argv.extend(trace_args(os.environ))
     argv.extend(extra_args)
 
     env = dict(os.environ)

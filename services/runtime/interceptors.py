@@ -21,6 +21,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     message, since exception text can hold request data, and is logged with its traceback.
     """
 
+    def __init__(self) -> None:
+        # Per method: the servicer's handler and its wrapped version, so a call builds no new handler.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
@@ -31,11 +35,17 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         # bases' synchronous UNIMPLEMENTED stubs pass through untouched.
         if handler is None or not inspect.iscoroutinefunction(handler.unary_unary):
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            _mapping_errors(handler.unary_unary, handler_call_details.method),
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _mapping_errors(handler.unary_unary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
 
 
 def _mapping_errors(behavior: UnaryBehavior, method: str) -> UnaryBehavior:

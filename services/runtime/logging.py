@@ -1,5 +1,7 @@
-"""JSON logs on stdout, one object per line, with card numbers masked and the current trace's ids."""
+"""JSON logs on stdout, one object per line, with card numbers and IP addresses masked and the current
+trace's ids."""
 
+import ipaddress
 import logging
 import re
 import sys
@@ -15,13 +17,52 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 _CARD_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
 
 
+# A dotted quad outside the private ranges: the last octet goes, which keeps the network for debugging and
+# drops the host.
+_IPV4 = re.compile(
+    r"(?<![\d.])((?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){2})\.\d{1,3}(?![\d.])"
+)
+# Four or more colon-separated hex groups (or a `::` compression): kept to the first three groups.
+_IPV6 = re.compile(
+    r"(?<![\w:])((?:[0-9A-Fa-f]{1,4}:){1,3})(?:[0-9A-Fa-f]{0,4}:){1,6}[0-9A-Fa-f]{0,4}(?![\w:])"
+)
+_INFRASTRUCTURE_NETWORKS = tuple(
+    ipaddress.IPv4Network(network)
+    for network in ("0.0.0.0/32", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+# Values under these keys are a caller's address whatever they look like.
+_IP_KEYS = frozenset({"ip", "ip_address", "client_ip", "peer", "remote_addr"})
+
+
 def _mask_card_number(match: re.Match[str]) -> str:
     return "****" + re.sub(r"\D", "", match.group())[-4:]
 
 
+def _mask_ipv4(match: re.Match[str]) -> str:
+    address = ipaddress.IPv4Address(match.group())
+    # Infrastructure (a service's bind address, a store in the cluster network) names no one.
+    if any(address in network for network in _INFRASTRUCTURE_NETWORKS):
+        return match.group()
+    return match.group(1) + ".*"
+
+
+def _mask_ipv6(match: re.Match[str]) -> str:
+    text = match.group()
+    # Times (12:30:45) and the like have fewer groups than an address.
+    if text.count(":") < 3 and "::" not in text:
+        return text
+    return match.group(1) + "*"
+
+
+def _redact_text(text: str) -> str:
+    text = _CARD_NUMBER.sub(_mask_card_number, text)
+    text = _IPV4.sub(_mask_ipv4, text)
+    return _IPV6.sub(_mask_ipv6, text) if ":" in text else text
+
+
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        return _CARD_NUMBER.sub(_mask_card_number, value)
+        return _redact_text(value)
     if isinstance(value, dict):
         return {key: _redact(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -33,8 +74,9 @@ def _redact(value: Any) -> Any:
 
 
 def redact_card_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Mask anything that looks like a card number in every value, nested ones and tracebacks included."""
-    return {key: _redact(value) for key, value in event_dict.items()}
+    """Mask anything that looks like a card number or an IP address in every value, nested ones and
+    tracebacks included; drop values logged under an IP address's key."""
+    return {key: "[redacted]" if key in _IP_KEYS else _redact(value) for key, value in event_dict.items()}
 
 
 def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -14,8 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.runtime.faults import fault_interceptors
 from services.runtime.interceptors import StatusInterceptor
 from services.runtime.settings import ServiceSettings
+from services.runtime.tracing import TelemetryInterceptor
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +39,8 @@ class ServiceRegistration:
 
 
 class GrpcServer:
-    """A grpc.aio server with the stock health and reflection services and `StatusInterceptor`.
+    """A grpc.aio server with the stock health and reflection services, `TelemetryInterceptor` (spans, RED
+    metrics) and `StatusInterceptor`.
 
     `interceptors` run outside `StatusInterceptor`, so they see the status it maps errors to.
     """
@@ -53,6 +56,7 @@ class GrpcServer:
         self._registrations = registrations
         self._interceptors = interceptors
         self._health = health.aio.HealthServicer()
+        self._telemetry = TelemetryInterceptor()
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None
 
@@ -66,7 +70,13 @@ class GrpcServer:
     async def start(self) -> None:
         """Bind, start, and report every hosted service SERVING."""
         server = grpc.aio.server(
-            interceptors=[*self._interceptors, StatusInterceptor()],
+            # Telemetry outermost: its span and metrics cover the whole call and see the final status.
+            interceptors=[
+                self._telemetry,
+                *self._interceptors,
+                *fault_interceptors(self._settings),
+                StatusInterceptor(),
+            ],
             maximum_concurrent_rpcs=self._settings.max_concurrent_rpcs,
             # Linux allows several servers on one port by default; a second replica started on a taken
             # port must fail, not silently split the traffic.
@@ -78,6 +88,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         self._port = server.add_insecure_port(f"{self._settings.host}:{self._settings.port}")
+        self._telemetry.server_address, self._telemetry.server_port = self._settings.host, self._port
         await server.start()
         self._server = server
         for name in ["", *names]:

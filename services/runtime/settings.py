@@ -60,3 +60,16 @@ class ServiceSettings(BaseSettings):
 
     max_concurrent_rpcs: int | None = Field(default=None, gt=0)
     """RPCs served at once; further calls fail fast with RESOURCE_EXHAUSTED. Unset: no limit."""
+
+    fault_delay_ms: float = Field(default=0.0, ge=0)
+    """Fault injection (tests, demos, benchmarks): milliseconds added to a `fault_delay_share` of this
+    process's calls. 0: none."""
+
+    fault_delay_share: float = Field(default=1.0, ge=0, le=1)
+    """Fault injection: share of calls delayed by `fault_delay_ms`."""
+
+    fault_error_share: float = Field(default=0.0, ge=0, le=1)
+    """Fault injection: share of calls answered UNAVAILABLE before any work."""
+
+    fault_hang: bool = False
+    """Fault injection: never answer a call until its caller cancels it or its deadline passes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.stack.collector import CollectorSettings, TraceCollector, trace_file, waterfall
 from services.stack.supervisor import wait_until_serving
 from services.stack.topology import REPO, StackSettings, processes
 from services.stack.traffic import fraud_enriched_sample, load_live, score_request
@@ -23,6 +25,8 @@ SAMPLE_SIZE = 300
 FRAUD_SHARE = 0.2
 DEADLINE_S = 2.0
 FLAGGED = {"SUSPICIOUS", "HIGHLY_SUSPICIOUS"}
+# A trace is whole when every service has sent its spans: gateway, features, Triton, postprocess.
+TRACED_SERVICES = 4
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Scored:
     degraded: bool
     latency_ms: float
     error: str = ""
+    trace_id: str = ""
 
 
 def verdict_name(verdict: int) -> str:
@@ -83,6 +88,7 @@ def score_all(address: str, sample) -> list[Scored]:
                     [reason.code for reason in reply.reasons],
                     reply.degraded,
                     latency,
+                    trace_id=reply.trace_id,
                 )
             )
     return results
@@ -141,15 +147,45 @@ def show(console: Console, results: list[Scored]) -> None:
     )
 
 
+def show_trace(console: Console, collector: TraceCollector, results: list[Scored], path) -> None:
+    """One Score call's trace as a waterfall (a flagged one if any), and the file with all of them."""
+    traced = [r for r in results if r.trace_id]
+    if not traced:
+        return
+    chosen = next((r for r in traced if r.verdict in FLAGGED), traced[0])
+
+    def whole(c: TraceCollector) -> bool:
+        return len({span.service for span in c.trace(chosen.trace_id)}) >= TRACED_SERVICES
+
+    collector.wait_for(whole, timeout_s=10)
+    spans = collector.trace(chosen.trace_id)
+    if spans:
+        console.print(f"\nThe trace of {chosen.transaction_id} ({chosen.verdict}), every hop in it:")
+        console.print(waterfall(spans))
+    collector.write_jaeger(path)
+    console.print(
+        f"{len(collector.trace_ids())} traces written to {path.relative_to(REPO)}: open it in Jaeger UI "
+        "(Search, JSON File), or run deploy/'s compose file to send traces to Jaeger directly."
+    )
+
+
 def main() -> int:
     # Under make, stdout is often no terminal and rich would wrap the table at 80 columns.
     console = Console(width=max(Console().width, 150))
     settings = StackSettings()
     log_path = REPO / "data" / "demo-stack.log"
     console.print(f"Starting the stack (logs in {log_path.relative_to(REPO)}) ...")
+    collector = TraceCollector(max_traces=SAMPLE_SIZE + 10).start()
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        # Spans leave within half a second, so the waterfall needs no long wait.
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+    }
     with open(log_path, "w") as log:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "services.stack", "up"], stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services.stack", "up"], stdout=log, stderr=subprocess.STDOUT, env=env
         )
         try:
             pending = wait_until_serving(
@@ -161,9 +197,12 @@ def main() -> int:
             address = f"{settings.host}:{settings.gateway_port}"
             sample = fraud_enriched_sample(load_live(), SAMPLE_SIZE, FRAUD_SHARE)
             console.print(f"Scoring {len(sample)} live transactions through Gateway.Score at {address} ...")
-            show(console, score_all(address, sample))
+            results = score_all(address, sample)
+            show(console, results)
+            show_trace(console, collector, results, trace_file(CollectorSettings().dir))
         finally:
             stack.send_signal(signal.SIGTERM)
             stack.wait(timeout=30)
+            collector.stop()
     console.print("Stack stopped.")
     return 0

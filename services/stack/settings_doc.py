@@ -1,4 +1,4 @@
-"""The README's settings tables, rendered from the settings classes themselves so they cannot drift.
+"""The README's settings tables and span attribute list, rendered from the code so they cannot drift.
 
 python -m services.stack settings            # print the tables
 python -m services.stack settings --write    # rewrite them in README.md
@@ -15,12 +15,16 @@ from pydantic_settings import BaseSettings
 from services.stack.topology import REPO
 
 README = REPO / "README.md"
-START, END = "<!-- settings:start -->", "<!-- settings:end -->"
+BLOCKS = {
+    "settings": ("<!-- settings:start -->", "<!-- settings:end -->"),
+    "attributes": ("<!-- span-attributes:start -->", "<!-- span-attributes:end -->"),
+}
 SETTINGS = {
     "gateway": "services.gateway.settings:GatewaySettings",
     "features": "services.features.settings:FeaturesSettings",
     "postprocess": "services.postprocess.settings:PostprocessSettings",
     "local stack (make up, make demo)": "services.stack.topology:StackSettings",
+    "local trace receiver (make up, make demo)": "services.stack.collector:CollectorSettings",
 }
 #: Read outside a settings class: by the Triton launcher and the offline feature pipeline.
 OTHER = [
@@ -43,7 +47,19 @@ OTHER = [
         "Redis `host:port` for `feast -f feature_store.redis.yaml` (the "
         "feast CLI on the Redis online store).",
     ),
-    ("OTEL_*", "", "OpenTelemetry's standard variables (service name, sampler, exporter endpoint)."),
+    (
+        "SCOREGRAPH_TRITON_OTLP_TRACES_URL",
+        "unset",
+        "Full OTLP/HTTP URL Triton exports its spans to (Triton "
+        "speaks OTLP over HTTP only); set it when the services export over gRPC.",
+    ),
+    (
+        "OTEL_*",
+        "",
+        "OpenTelemetry's standard variables: OTEL_EXPORTER_OTLP_ENDPOINT (setting it turns export on), "
+        "OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf or grpc), OTEL_TRACES_SAMPLER(_ARG), OTEL_SERVICE_NAME, "
+        "OTEL_BSP_*.",
+    ),
 ]
 
 
@@ -78,11 +94,24 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str:
-    return text.split(START, 1)[1].split(END, 1)[0].strip()
+def render_attributes() -> str:
+    from services.runtime.tracing import SPAN_ATTRIBUTES
+
+    rows = ["| span attribute | meaning |", "|---|---|"]
+    return "\n".join(rows + [f"| `{key}` | {meaning} |" for key, meaning in SPAN_ATTRIBUTES.items()])
+
+
+RENDERERS = {"settings": render, "attributes": render_attributes}
+
+
+def readme_block(text: str, block: str = "settings") -> str:
+    start, end = BLOCKS[block]
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def write_readme() -> None:
     text = README.read_text()
-    head, rest = text.split(START, 1)
-    README.write_text(f"{head}{START}\n{render()}\n{END}{rest.split(END, 1)[1]}")
+    for block, (start, end) in BLOCKS.items():
+        head, rest = text.split(start, 1)
+        text = f"{head}{start}\n{RENDERERS[block]()}\n{end}{rest.split(end, 1)[1]}"
+    README.write_text(text)

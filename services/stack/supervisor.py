@@ -3,10 +3,13 @@
 honcho starts each process in its own session and signals the whole process group, so tritonserver's Python
 backend stubs go with it; if any process exits, or on SIGINT/SIGTERM, all the others are stopped (SIGTERM,
 then SIGKILL after 5 s). A readiness thread polls grpc.health.v1 on every process and announces the gateway.
+Unless an OTLP endpoint is configured, a local receiver collects every process's traces into a Jaeger JSON
+file under data/traces/ (see collector.py).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shlex
 import signal
@@ -19,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from services.stack.collector import CollectorSettings, TraceCollector, TraceFileWriter, trace_file
 from services.stack.topology import StackProcess, StackSettings, process_env, processes
+
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
 def serving(address: str, timeout_s: float = 1.0) -> bool:
@@ -70,13 +76,40 @@ def run(settings: StackSettings) -> int:
         print(f"scoregraph: no model at {missing}; run `make build` first", file=sys.stderr)
         return 2
     stack = processes(settings)
+    traces = CollectorSettings()
+    collector: TraceCollector | None = None
+    writer: TraceFileWriter | None = None
+    telemetry: dict[str, str] = {}
+    if traces.collect and not any(os.environ.get(name) for name in _OTLP_ENDPOINTS):
+        collector = TraceCollector(
+            grpc_port=traces.grpc_port, http_port=traces.http_port, max_traces=traces.max_traces
+        ).start()
+        writer = TraceFileWriter(collector, trace_file(traces.dir)).start()
+        # HTTP, which tritonserver exports too.
+        telemetry = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        }
+        print(
+            f"scoregraph: traces go to {writer.path} (OTLP receiver: gRPC {collector.grpc_endpoint}, "
+            f"HTTP {collector.http_endpoint})",
+            flush=True,
+        )
+    # honcho starts each process from a multiprocessing child, forked by default; this process already runs
+    # gRPC (the readiness probe, the trace receiver), and gRPC does not survive fork(): a child forked while
+    # another thread is inside gRPC can abort. A fork server is a fresh process with no gRPC in it.
+    multiprocessing.set_start_method("forkserver", force=True)
     manager = Manager(Printer(sys.stdout))
     for process in stack:
-        manager.add_process(process.name, shlex.join(process.argv), env=process_env(process))
+        manager.add_process(process.name, shlex.join(process.argv), env={**process_env(process), **telemetry})
     stop = threading.Event()
     threading.Thread(target=_announce_when_ready, args=(stack, settings, stop), daemon=True).start()
     try:
         manager.loop()
     finally:
         stop.set()
+        if writer is not None:
+            writer.stop()
+        if collector is not None:
+            collector.stop()
     return manager.returncode or 0

@@ -24,16 +24,16 @@ class StackSettings(BaseSettings):
     """Gateway.Score is served here."""
     features_port: int = 50061
     """First features replica; replica i listens on features_port + i."""
-    features_replicas: int = Field(default=1, ge=1, le=8)
+    features_replicas: int = Field(default=2, ge=1, le=8)
     """Features service processes."""
     postprocess_port: int = 50071
     """First postprocess replica; replica i listens on postprocess_port + i."""
-    postprocess_replicas: int = Field(default=1, ge=1, le=8)
+    postprocess_replicas: int = Field(default=2, ge=1, le=8)
     """Postprocess service processes."""
     triton_port: int = 8001
     """gRPC port of the first Triton replica; replica i uses triton_port + 10 i (HTTP one below, metrics
     one above)."""
-    triton_replicas: int = Field(default=1, ge=1, le=4)
+    triton_replicas: int = Field(default=2, ge=1, le=4)
     """tritonserver processes, each loading the whole model repository."""
     metrics_port: int = 9464
     """Prometheus port of the gateway; the other services count up from it."""
@@ -43,6 +43,21 @@ class StackSettings(BaseSettings):
     """How long `up` waits for every process to report SERVING before giving up."""
     grace_period_s: float = 4.0
     """Drain time each service gets on shutdown; below the supervisor's 5 s before it kills."""
+    faulty_replica: str = ""
+    """Process that gets the `fault_*` settings below (e.g. `features-1`, `postprocess-0`, `triton-1`), as
+    its SCOREGRAPH_<SERVICE>_FAULT_* variables; empty: none. To fault every replica of a service, set the
+    service's own variables (e.g. SCOREGRAPH_FEATURES_FAULT_HANG) instead."""
+    fault_delay_ms: float = Field(default=0.0, ge=0)
+    """Milliseconds the faulty replica adds to a `fault_delay_share` of its calls."""
+    fault_delay_share: float = Field(default=1.0, ge=0, le=1)
+    """Share of the faulty replica's calls that are delayed."""
+    fault_error_share: float = Field(default=0.0, ge=0, le=1)
+    """Share of the faulty replica's calls answered UNAVAILABLE."""
+    fault_hang: bool = False
+    """The faulty replica never answers until the caller cancels."""
+    respawn_killed_replicas: bool = False
+    """Restart a features or postprocess replica that was killed (SIGKILL), as Kubernetes would, for
+    chaos tests; otherwise any process that exits stops the whole stack."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,35 @@ class StackProcess:
 
 def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+# Runs "$@" again whenever it dies of SIGKILL; any other exit ends the loop with that exit's status. On
+# SIGTERM (which reaches the whole process group) it waits for the service's drain.
+_RESPAWN = """
+trap 'wait "$child"; exit $?' TERM INT
+while :; do
+  "$@" & child=$!
+  wait "$child"; status=$?
+  [ "$status" -eq 137 ] || exit "$status"
+  echo "respawning $*"
+done
+"""
+
+
+def _respawning(argv: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", _RESPAWN, "respawn", *argv]
+
+
+def _fault_env(settings: StackSettings, name: str, prefix: str) -> dict[str, str]:
+    if name != settings.faulty_replica:
+        return {}
+    values = {
+        "FAULT_DELAY_MS": settings.fault_delay_ms,
+        "FAULT_DELAY_SHARE": settings.fault_delay_share,
+        "FAULT_ERROR_SHARE": settings.fault_error_share,
+        "FAULT_HANG": settings.fault_hang,
+    }
+    return {f"SCOREGRAPH_{prefix}_{key}": str(value).lower() for key, value in values.items()}
 
 
 def processes(settings: StackSettings) -> list[StackProcess]:
@@ -86,25 +130,21 @@ def processes(settings: StackSettings) -> list[StackProcess]:
                     "--metrics-port",
                     str(port + 1),
                 ),
+                env=_fault_env(settings, f"triton-{i}", "TRITON"),
                 health_address=f"{host}:{port}",
             )
         )
+    replica_argv = _respawning if settings.respawn_killed_replicas else list
     features = [f"{host}:{settings.features_port + i}" for i in range(settings.features_replicas)]
     postprocess = [f"{host}:{settings.postprocess_port + i}" for i in range(settings.postprocess_replicas)]
-    for i, address in enumerate(features):
-        port = settings.features_port + i
-        out.append(
-            StackProcess(
-                f"features-{i}", _python("services.features"), service_env("FEATURES", port), address
-            )
-        )
-    for i, address in enumerate(postprocess):
-        port = settings.postprocess_port + i
-        out.append(
-            StackProcess(
-                f"postprocess-{i}", _python("services.postprocess"), service_env("POSTPROCESS", port), address
-            )
-        )
+    for service, addresses, first_port in (
+        ("features", features, settings.features_port),
+        ("postprocess", postprocess, settings.postprocess_port),
+    ):
+        for i, address in enumerate(addresses):
+            name, prefix = f"{service}-{i}", service.upper()
+            env = {**service_env(prefix, first_port + i), **_fault_env(settings, name, prefix)}
+            out.append(StackProcess(name, replica_argv(_python(f"services.{service}")), env, address))
     gateway_env = service_env(
         "GATEWAY",
         settings.gateway_port,

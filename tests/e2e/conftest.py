@@ -49,7 +49,13 @@ def start_stack(log: Path, env: dict[str, str] | None = None, **overrides: int) 
     """Start `python -m services.stack up` with TEST_PORTS (or `overrides`) and extra environment `env`
     (e.g. another service's settings or SCOREGRAPH_STACK_* replica counts), and wait until all serve."""
     ports = {**TEST_PORTS, **overrides}
-    env = {**os.environ, **{f"SCOREGRAPH_STACK_{k}": str(v) for k, v in ports.items()}, **(env or {})}
+    env = {
+        **os.environ,
+        # Test stacks write no trace files unless a test asks for traces.
+        "SCOREGRAPH_TRACES_COLLECT": "false",
+        **{f"SCOREGRAPH_STACK_{k}": str(v) for k, v in ports.items()},
+        **(env or {}),
+    }
     stack_keys = {
         k.removeprefix("SCOREGRAPH_STACK_").lower(): v
         for k, v in env.items()

@@ -5,13 +5,13 @@ import pytest
 import yaml
 from feast import FeatureService
 from feast.infra.online_stores.redis import RedisOnlineStore
-from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.Value_pb2 import Value
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.features.aggregates import minor_to_usd
 from services.features.feature_service import FEATURE_REPO
 from services.features.online import (
+    Column,
     EntityKeys,
     FeatureRequest,
     FeatureStatus,
@@ -22,7 +22,7 @@ from services.features.online import (
     redis_connection_string,
     repo_config,
     request_violations,
-    vector_from_response,
+    vector_from_columns,
 )
 from services.features.settings import FeaturesSettings
 from services.predict.contract import FeatureContract
@@ -84,33 +84,21 @@ def test_an_on_demand_feature_is_present_with_age_zero_and_integers_become_float
     )
 
 
-def _column(value: Value, status: int, observed_ms: int) -> GetOnlineFeaturesResponse.FeatureVector:
-    observed = Timestamp()
-    observed.FromMilliseconds(observed_ms)
-    return GetOnlineFeaturesResponse.FeatureVector(
-        values=[value], statuses=[status], event_timestamps=[observed]
-    )
-
-
-def test_the_vector_follows_the_contract_order_not_feasts() -> None:
+def test_the_vector_follows_the_contract_order_not_the_reads() -> None:
     contract = FeatureContract("svc", ("count", "rate", "amount_log"))
     served = ServedFeatureService(
         FeatureService(name="svc", features=[]),
         contract,
         {"count": STORED, "rate": STORED, "amount_log": ON_DEMAND},
     )
-    response = GetOnlineFeaturesResponse()
-    response.metadata.feature_names.val.extend(["amount_log", "rate", "count"])
-    response.results.extend(
-        [
-            _column(Value(double_val=0.7), FieldStatus.PRESENT, 0),
-            _column(Value(), FieldStatus.NOT_FOUND, 0),
-            _column(Value(double_val=3.0), FieldStatus.PRESENT, EVENT_MS - 60_000),
-        ]
-    )
+    columns = {
+        "amount_log": Column(FieldStatus.PRESENT, Value(double_val=0.7)),
+        "rate": Column(FieldStatus.NOT_FOUND, Value()),
+        "count": Column(FieldStatus.PRESENT, Value(double_val=3.0), EVENT_MS - 60_000),
+    }
     event_time = datetime.fromtimestamp(EVENT_MS / 1000, UTC)
 
-    vector = vector_from_response(response, served, event_time)
+    vector = vector_from_columns(columns, served, event_time)
 
     assert vector.names == ("count", "rate", "amount_log")
     assert vector.values[0] == 3.0 and math.isnan(vector.values[1]) and vector.values[2] == 0.7

@@ -1,10 +1,14 @@
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 
+from services.features.aggregates import minor_to_usd
 from services.features.feature_service import contract_of
-from services.features.online import FeatureStatus
+from services.features.keys import DEV_CARD_KEY, card_device_id, card_id
+from services.features.online import EntityKeys, FeatureRequest, FeatureStatus, RequestValues
+from services.stack.topology import REPO
 from tests.features.known_entities import (
     CARD_ACTIVITY,
     CARD_DEVICE,
@@ -84,3 +88,53 @@ def test_on_demand_features_see_the_request_values(sqlite_features, known_transa
     assert features["amount_log"][0] == pytest.approx(math.log1p(12.50 / 0.92))
     assert features["is_night"][0] == 1.0
     assert features["is_card_not_present"][0] == 0.0
+
+
+def test_the_lean_read_returns_what_feasts_get_online_features_returns(sqlite_features) -> None:
+    """OnlineFeatures reads the store below Feast's SDK call for speed; it must answer the same."""
+    live = pd.read_parquet(REPO / "data" / "raw" / "live.parquet").sample(40, random_state=2)
+    store = sqlite_features.store
+    service = store.get_feature_service(FEATURE_SERVICE)
+    event_time = datetime.now(UTC)
+    cards = [card_id(n, DEV_CARD_KEY) for n in live["card_number"]] + ["card_never_seen"]
+    rows = list(live.itertuples(index=False)) + [next(live.itertuples(index=False))]
+    new_devices = 0
+    for card, row in zip(cards, rows, strict=True):
+        values = RequestValues(
+            int(row.amount_minor),
+            row.currency_code,
+            row.card_country,
+            row.merchant_country,
+            row.ip_country,
+            row.channel,
+        )
+        ours = sqlite_features.read(
+            FeatureRequest(
+                FEATURE_SERVICE, EntityKeys(card, row.merchant_id, row.device_id), values, event_time
+            )
+        )
+        sdk = store.get_online_features(
+            features=service,
+            entity_rows=[
+                {
+                    "card_id": card,
+                    "merchant_id": row.merchant_id,
+                    "card_device_id": card_device_id(card, row.device_id),
+                    "amount_usd": minor_to_usd(values.amount_minor, values.currency_code),
+                    "event_ts": event_time.timestamp(),
+                    "card_country": row.card_country,
+                    "merchant_country": row.merchant_country,
+                    "ip_country": row.ip_country,
+                    "channel": row.channel,
+                }
+            ],
+        ).to_dict()
+        for name, value, status in zip(ours.names, ours.values, ours.statuses, strict=True):
+            expected = sdk[name][0]
+            if expected is None:
+                assert status is FeatureStatus.MISSING and math.isnan(value), name
+                new_devices += name == "device_txn_count"
+            else:
+                assert value == pytest.approx(float(expected), rel=1e-12), name
+                assert status is not FeatureStatus.MISSING, name
+    assert new_devices >= 1, "the sample should include a card on a device it never used"

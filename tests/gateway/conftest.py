@@ -11,7 +11,8 @@ from scoregraph.postprocess.v1 import postprocess_pb2_grpc
 
 from services.gateway.graph import ScoreGraph
 from services.gateway.settings import GatewaySettings
-from services.gateway.upstreams import upstream_channel
+from services.gateway.upstreams import replica_channel
+from services.runtime.resilience import Replica, ReplicaSet
 from tests.gateway.upstream_fakes import (
     SERVED_MODEL,
     ScriptedFeatures,
@@ -25,8 +26,17 @@ class FakeUpstreams:
     features: ScriptedFeatures
     postprocess: ScriptedPostprocess
     predictor: ScriptedPredictor
+    address: str
     features_stub: features_pb2_grpc.FeaturesServiceStub
     postprocess_stub: postprocess_pb2_grpc.PostprocessServiceStub
+
+    def replicas(self) -> dict[str, ReplicaSet]:
+        """One replica per hop, as ScoreGraph takes them."""
+        return {
+            "features": ReplicaSet([Replica(self.address, self.features_stub)]),
+            "predictor": ReplicaSet([Replica("predictor", self.predictor)]),
+            "postprocess": ReplicaSet([Replica(self.address, self.postprocess_stub)]),
+        }
 
 
 @pytest.fixture
@@ -39,12 +49,14 @@ async def upstreams() -> AsyncIterator[FakeUpstreams]:
     postprocess_pb2_grpc.add_PostprocessServiceServicer_to_server(postprocess, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    features_channel = upstream_channel([f"127.0.0.1:{port}"])
-    postprocess_channel = upstream_channel([f"127.0.0.1:{port}"])
+    address = f"127.0.0.1:{port}"
+    features_channel = replica_channel(address)
+    postprocess_channel = replica_channel(address)
     yield FakeUpstreams(
         features,
         postprocess,
         ScriptedPredictor(),
+        address,
         features_pb2_grpc.FeaturesServiceStub(features_channel),
         postprocess_pb2_grpc.PostprocessServiceStub(postprocess_channel),
     )
@@ -79,10 +91,8 @@ def make_graph(upstreams, tracer_provider, spans) -> Iterator[Callable[..., Scor
     def make(**overrides) -> ScoreGraph:
         return ScoreGraph(
             gateway_settings(**overrides),
-            features=upstreams.features_stub,
-            predictor=upstreams.predictor,
+            **upstreams.replicas(),
             served_model=SERVED_MODEL,
-            postprocess=upstreams.postprocess_stub,
             tracer=tracer_provider.get_tracer("tests.gateway"),
         )
 

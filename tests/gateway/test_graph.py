@@ -1,4 +1,6 @@
+import asyncio
 import math
+import time
 
 import grpc
 import numpy as np
@@ -249,15 +251,50 @@ async def test_a_deadline_too_short_calls_no_hop(make_graph, upstreams) -> None:
     assert upstreams.postprocess.calls == []
 
 
-async def test_a_hop_that_uses_up_the_deadline_leaves_later_hops_uncalled(make_graph, upstreams) -> None:
+async def test_a_hop_that_uses_up_the_deadline_degrades_within_it(make_graph, upstreams) -> None:
     upstreams.features.answer = slow(1.0, features_answer())
+    started = time.monotonic()
 
-    with pytest.raises(DeadlineExceeded, match="postprocess not called"):
-        await make_graph(hop_reserve_ms=20).score(valid_request(), budget_s=0.2)
+    assessment = await make_graph(hop_reserve_ms=20).score(valid_request(), budget_s=0.2)
 
+    assert time.monotonic() - started < 0.2
+    assert (assessment.verdict, assessment.degraded) == (Verdict.UNCERTAIN, True)
+    assert [reason.code for reason in assessment.reasons] == ["POSTPROCESS_FAILED", "FEATURES_FAILED"]
     assert len(upstreams.features.calls) == 1
     assert upstreams.predictor.calls == []
     assert upstreams.postprocess.calls == []
+
+
+async def test_a_hop_that_uses_up_the_deadline_fails_the_call_by_policy(make_graph, upstreams) -> None:
+    upstreams.features.answer = slow(1.0, features_answer())
+
+    with pytest.raises(UpstreamFailed) as raised:
+        await make_graph(hop_reserve_ms=20, on_dependency_failure="fail").score(valid_request(), budget_s=0.2)
+
+    assert (raised.value.hop, raised.value.code) == ("features", grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_a_cancelled_call_cancels_the_hop_in_flight(make_graph, upstreams) -> None:
+    cancelled = asyncio.Event()
+
+    async def hanging(request, context):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    upstreams.features.answer = hanging
+    call = asyncio.create_task(make_graph().score(valid_request(), budget_s=BUDGET_S))
+    while not upstreams.features.calls:
+        await asyncio.sleep(0.005)
+
+    call.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.wait_for(cancelled.wait(), timeout=2)
+    assert upstreams.predictor.calls == []
 
 
 async def test_every_hop_gets_the_remaining_budget_less_the_reserve(make_graph, upstreams) -> None:
@@ -287,14 +324,22 @@ async def test_invalid_input_calls_no_hop(make_graph, upstreams) -> None:
     assert upstreams.features.calls == []
 
 
-async def test_every_hop_carries_the_trace_context_of_the_score_span(make_graph, upstreams, spans) -> None:
+async def test_every_hop_carries_the_trace_context_of_its_attempt_span(make_graph, upstreams, spans) -> None:
     assessment = await make_graph().score(valid_request(), budget_s=BUDGET_S)
 
-    [span] = spans.get_finished_spans()
-    assert assessment.trace_id == trace.format_trace_id(span.context.trace_id)
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    score = finished["score"]
+    assert assessment.trace_id == trace.format_trace_id(score.context.trace_id)
     assert len(assessment.trace_id) == 32
-    parent = f"00-{assessment.trace_id}-{trace.format_span_id(span.context.span_id)}-"
-    for call in (upstreams.features.calls[0], upstreams.predictor.calls[0], upstreams.postprocess.calls[0]):
+    for hop, call in zip(
+        HOPS,
+        (upstreams.features.calls[0], upstreams.predictor.calls[0], upstreams.postprocess.calls[0]),
+        strict=True,
+    ):
+        attempt = finished[f"{hop} attempt"]
+        assert attempt.parent.span_id == score.context.span_id
+        assert attempt.attributes["scoregraph.hedge.outcome"] == "won"
+        parent = f"00-{assessment.trace_id}-{trace.format_span_id(attempt.context.span_id)}-"
         assert call.metadata["traceparent"].startswith(parent)
 
 

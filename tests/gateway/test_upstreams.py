@@ -6,55 +6,45 @@ import numpy as np
 import pytest
 from scoregraph.features.v1 import features_pb2, features_pb2_grpc
 
-from services.gateway.upstreams import TritonReplicas, channel_target, upstream_channel
+from services.gateway.settings import GatewaySettings
+from services.gateway.upstreams import TritonReplicas, Upstreams, replica_channel
 from services.predict.client import ModelUnavailable, PredictError, PredictResult, ServedModel
 from services.predict.contract import FeatureContract
 from tests.gateway.upstream_fakes import SERVED_MODEL, ScriptedFeatures
 
 
-@pytest.mark.parametrize(
-    ("addresses", "target"),
-    [
-        (["127.0.0.1:50061"], "ipv4:127.0.0.1:50061"),
-        (["127.0.0.1:50061", "127.0.0.1:50062"], "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
-        (["[::1]:50061", "[2001:db8::1]:50061"], "ipv6:[::1]:50061,[2001:db8::1]:50061"),
-        (["features.scoring.svc:50061"], "dns:///features.scoring.svc:50061"),
-    ],
-)
-def test_channel_target_names_every_replica(addresses: list[str], target: str) -> None:
-    assert channel_target(addresses) == target
+async def test_upstreams_have_a_client_per_replica_of_every_hop() -> None:
+    settings = GatewaySettings(
+        features_addresses="127.0.0.1:1,127.0.0.1:2",
+        postprocess_addresses="postprocess-0.scoring:50071,postprocess-1.scoring:50071",
+        triton_addresses="127.0.0.1:3,127.0.0.1:4",
+    )
+    upstreams = Upstreams.connect(settings)
+    try:
+        assert [r.address for r in upstreams.features.replicas] == ["127.0.0.1:1", "127.0.0.1:2"]
+        assert len({id(r.client) for r in upstreams.features.replicas}) == 2
+        assert len(upstreams.postprocess) == 2
+        assert [r.address for r in upstreams.predict.replicas] == ["127.0.0.1:3", "127.0.0.1:4"]
+        assert len(upstreams.channels) == 4
+    finally:
+        await upstreams.close()
 
 
-@pytest.mark.parametrize(
-    "addresses",
-    [["features-0:50061", "features-1:50061"], ["127.0.0.1:1", "features:2"], ["127.0.0.1:1", "[::1]:1"]],
-)
-def test_channel_target_refuses_lists_no_target_can_name(addresses: list[str]) -> None:
-    with pytest.raises(ValueError, match="replica list"):
-        channel_target(addresses)
-
-
-async def test_an_upstream_channel_spreads_calls_over_all_replicas() -> None:
-    replicas = [ScriptedFeatures() for _ in range(2)]
-    servers = []
-    for replica in replicas:
-        server = grpc.aio.server()
-        features_pb2_grpc.add_FeaturesServiceServicer_to_server(replica, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append((server, port))
-    channel = upstream_channel([f"127.0.0.1:{port}" for _, port in servers])
+async def test_a_replica_channel_reaches_its_replica() -> None:
+    replica = ScriptedFeatures()
+    server = grpc.aio.server()
+    features_pb2_grpc.add_FeaturesServiceServicer_to_server(replica, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = replica_channel(f"127.0.0.1:{port}")
     try:
         stub = features_pb2_grpc.FeaturesServiceStub(channel)
-        for _ in range(20):
-            await stub.GetFeatures(features_pb2.GetFeaturesRequest(feature_service="f"), timeout=5)
+        await stub.GetFeatures(features_pb2.GetFeaturesRequest(feature_service="f"), timeout=5)
     finally:
         await channel.close()
-        for server, _ in servers:
-            await server.stop(None)
+        await server.stop(None)
 
-    assert all(replica.calls for replica in replicas)
-    assert sum(len(replica.calls) for replica in replicas) == 20
+    assert len(replica.calls) == 1
 
 
 @dataclass
@@ -79,16 +69,6 @@ class FakeTriton:
 
     async def close(self) -> None:
         pass
-
-
-async def test_triton_replicas_take_turns() -> None:
-    clients = [FakeTriton(), FakeTriton()]
-    replicas = TritonReplicas(clients)
-
-    for _ in range(4):
-        await replicas.predict(np.zeros((1, 3), dtype=np.float32), timeout_s=1)
-
-    assert [client.predictions for client in clients] == [2, 2]
 
 
 async def test_the_contract_load_waits_for_triton_to_serve_the_model() -> None:

@@ -1,3 +1,7 @@
+import subprocess
+
+import pytest
+
 from services.stack.topology import StackSettings, processes
 
 
@@ -20,5 +24,41 @@ def test_the_gateway_is_wired_to_every_replica_and_no_two_processes_share_a_port
 
 def test_every_process_has_a_health_address_to_wait_on():
     stack = processes(StackSettings())
-    assert [p.name for p in stack] == ["triton-0", "features-0", "postprocess-0", "gateway"]
+    assert [p.name for p in stack] == [
+        "triton-0",
+        "triton-1",
+        "features-0",
+        "features-1",
+        "postprocess-0",
+        "postprocess-1",
+        "gateway",
+    ]
     assert all(p.health_address.startswith("127.0.0.1:") for p in stack)
+
+
+@pytest.mark.parametrize(("replica", "prefix"), [("features-1", "FEATURES"), ("triton-0", "TRITON")])
+def test_only_the_faulty_replica_gets_the_fault_settings(replica, prefix):
+    settings = StackSettings(faulty_replica=replica, fault_delay_ms=50, fault_delay_share=0.05)
+
+    faulted = {p.name: {k: v for k, v in p.env.items() if "_FAULT_" in k} for p in processes(settings)}
+
+    assert faulted.pop(replica) == {
+        f"SCOREGRAPH_{prefix}_FAULT_DELAY_MS": "50.0",
+        f"SCOREGRAPH_{prefix}_FAULT_DELAY_SHARE": "0.05",
+        f"SCOREGRAPH_{prefix}_FAULT_ERROR_SHARE": "0.0",
+        f"SCOREGRAPH_{prefix}_FAULT_HANG": "false",
+    }
+    assert not any(faulted.values())
+
+
+def test_a_killed_replica_is_respawned_and_any_other_exit_ends_it(tmp_path):
+    [features] = [p for p in processes(StackSettings(respawn_killed_replicas=True)) if p.name == "features-0"]
+    runs = tmp_path / "runs"
+    # Killed with SIGKILL the first time, exits 3 the second.
+    child = f"echo run >> {runs}; [ $(wc -l < {runs}) -ge 2 ] && exit 3; kill -9 $$"
+    argv = [*features.argv[: features.argv.index("respawn") + 1], "sh", "-c", child]
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+
+    assert done.returncode == 3
+    assert runs.read_text().count("run") == 2

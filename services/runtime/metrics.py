@@ -1,0 +1,62 @@
+"""Prometheus metrics every scoregraph service exposes on its `/metrics` endpoint.
+
+RED metrics per RPC served (`TelemetryInterceptor`) and per upstream hop called (`client_interceptors`,
+`observed_hop`), and the domain's own counters; the resilience counters (hedges, retries, degraded verdicts
+by failed hop) are in resilience.py. Label values are closed sets (method names, status code
+names, hop names, verdicts, model versions): never anything taken from a request.
+"""
+
+from prometheus_client import Counter, Histogram
+
+# Finer at the low end: a healthy hop answers in about a millisecond, a Score call in a few.
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+RPC_SERVER_REQUESTS = Counter(
+    "scoregraph_rpc_server_requests",
+    "RPCs served, by method and the gRPC status code answered.",
+    ["rpc_service", "rpc_method", "grpc_code"],
+)
+RPC_SERVER_DURATION = Histogram(
+    "scoregraph_rpc_server_duration_seconds",
+    "Time from receiving an RPC to answering it, by method and the gRPC status code answered.",
+    ["rpc_service", "rpc_method", "grpc_code"],
+    buckets=LATENCY_BUCKETS_S,
+)
+UPSTREAM_REQUESTS = Counter(
+    "scoregraph_upstream_requests",
+    "Calls to an upstream hop (each attempt and hedge counts), by hop and the gRPC status code it answered.",
+    ["hop", "grpc_code"],
+)
+UPSTREAM_DURATION = Histogram(
+    "scoregraph_upstream_duration_seconds",
+    "Time a call to an upstream hop took, by hop and the gRPC status code it answered.",
+    ["hop", "grpc_code"],
+    buckets=LATENCY_BUCKETS_S,
+)
+VERDICTS = Counter(
+    "scoregraph_verdicts",
+    "Score verdicts answered, by the model (name and version) that scored them (empty when none did) and "
+    "whether they were degraded (a failed hop, stale features).",
+    ["model_name", "model_version", "verdict", "degraded"],
+)
+FEATURE_STATUSES = Counter(
+    "scoregraph_feature_values",
+    "Feature values served, by feature service and status (present, missing, stale).",
+    ["feature_service", "status"],
+)

@@ -1,0 +1,456 @@
+"""Calls to a replicated upstream (a hop) that survive a slow or failed replica within the caller's deadline.
+
+grpcio implements neither gRPC's hedgingPolicy nor retries across a list of independent replicas, so
+`HedgedCall` does both for idempotent hops: one attempt to one replica; after a delay taken from the hop's
+recent latency (about the p95), a backup attempt to a *different* replica; the first answer wins and the
+other attempt is cancelled. A failed race is retried (tenacity) on UNAVAILABLE or RESOURCE_EXHAUSTED only,
+with jittered exponential backoff, on another replica, while the deadline allows it. Both extra loads are
+capped by token buckets, so a slow or failing *fleet* does not double its own load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+import structlog
+from opentelemetry import propagate, trace
+from prometheus_client import Counter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+
+from services.runtime.errors import DeadlineExceeded
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+HOP_CALLS = Counter(
+    "scoregraph_hop_calls", "Calls the gateway made to a hop, however many attempts each took", ["hop"]
+)
+HOP_ATTEMPTS = Counter(
+    "scoregraph_hop_attempts",
+    "Attempts sent to a hop's replicas (first tries, hedges and retries), by how each ended: won, "
+    "cancelled (another attempt answered first) or failed",
+    ["hop", "outcome"],
+)
+HEDGES_SENT = Counter("scoregraph_hedges_sent", "Backup attempts sent to another replica of a hop", ["hop"])
+HEDGES_WON = Counter(
+    "scoregraph_hedges_won", "Backup attempts that answered before the first attempt", ["hop"]
+)
+HEDGE_BUDGET_EXHAUSTED = Counter(
+    "scoregraph_hedge_budget_exhausted",
+    "Backup attempts not sent because the hedge budget was spent",
+    ["hop"],
+)
+RETRIES = Counter("scoregraph_retries", "Attempts repeated after a retryable failure", ["hop"])
+RETRY_BUDGET_EXHAUSTED = Counter(
+    "scoregraph_retry_budget_exhausted",
+    "Retryable failures not retried because the retry budget was spent",
+    ["hop"],
+)
+DEADLINE_EXCEEDED = Counter(
+    "scoregraph_deadline_exceeded",
+    "Hop calls that ran out of the caller's deadline, or were not started for lack of it",
+    ["hop"],
+)
+DEGRADED_VERDICTS = Counter(
+    "scoregraph_degraded_verdicts", "Verdicts answered UNCERTAIN and degraded because a hop failed", ["hop"]
+)
+
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+"""UNAVAILABLE: the replica could not be reached or is draining. RESOURCE_EXHAUSTED: the replica shed the call
+before doing any work (its concurrency limit). Anything else either did the work or will fail again."""
+
+# A replica that is down, draining, or let a call run out its whole timeout (hung) gets no calls for a while.
+_EJECTING_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+# Span attributes of an attempt.
+HOP_ATTRIBUTE = "scoregraph.hop"
+ATTEMPT_ATTRIBUTE = "scoregraph.hedge.attempt"
+OUTCOME_ATTRIBUTE = "scoregraph.hedge.outcome"
+WON, CANCELLED, FAILED = "won", "cancelled", "failed"
+
+
+class AttemptFailed(Exception):
+    """One attempt at a hop failed with a gRPC status (the hop's client turns its own errors into this)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, replica: str = "") -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.replica = replica
+
+
+class Budget(Protocol):
+    """What remains of the caller's deadline (services.gateway.deadline.Deadline)."""
+
+    @property
+    def reserve_s(self) -> float: ...
+
+    def remaining_s(self) -> float: ...
+
+    def hop_timeout_s(self, hop: str) -> float:
+        """Raises DeadlineExceeded when no time is left for `hop`."""
+        ...
+
+
+class TokenBucket:
+    """Extra attempts a hop may send, in the spirit of gRPC's retryThrottling.
+
+    Every call deposits `ratio` tokens (up to `burst`); every extra attempt takes a whole one. Over any
+    stretch of traffic, extra attempts stay below `ratio` x calls + `burst`: 0.1 allows 10 % more load.
+    Unlike retryThrottling it counts calls, not failures, so a fleet that is slow (not failing) is capped
+    too. It starts full, so the first slow calls after start-up can be hedged.
+    """
+
+    def __init__(self, ratio: float, burst: float) -> None:
+        if ratio < 0 or burst < 0:
+            raise ValueError("a token bucket needs a non-negative ratio and burst")
+        self._ratio = ratio
+        self._burst = burst
+        self._tokens = burst
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens
+
+    def deposit(self) -> None:
+        self._tokens = min(self._burst, self._tokens + self._ratio)
+
+    def take(self) -> bool:
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class LatencyWindow:
+    """The last `size` latencies of a hop, kept sorted for quantiles."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._arrivals: collections.deque[float] = collections.deque()
+        self._sorted: list[float] = []
+        self._size = size
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def record(self, seconds: float) -> None:
+        self._arrivals.append(seconds)
+        bisect.insort(self._sorted, seconds)
+        if len(self._arrivals) > self._size:
+            del self._sorted[bisect.bisect_left(self._sorted, self._arrivals.popleft())]
+
+    def quantile(self, q: float) -> float:
+        if not self._sorted:
+            raise ValueError("no latency recorded yet")
+        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
+
+
+@dataclass(frozen=True)
+class HedgePolicy:
+    """When a hop sends a backup attempt, and how many it may send."""
+
+    enabled: bool = True
+    quantile: float = 0.95
+    """The backup goes out once the first attempt has taken longer than this share of recent ones."""
+    floor_s: float = 0.002
+    """Least delay: below it, latency is noise and hedging would only add load."""
+    fixed_delay_s: float | None = None
+    """A fixed delay instead of the adaptive one."""
+    budget: float = 0.1
+    """Backup attempts per call, at most (plus `burst`)."""
+    burst: float = 10.0
+    min_samples: int = 20
+    """Latencies needed before the adaptive delay is trusted."""
+    initial_delay_s: float = 0.05
+    """The delay until then: a replica that hangs from the start is still hedged around."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a hop retries a failed race: only on RETRYABLE_CODES, within the deadline and a budget."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.005
+    max_backoff_s: float = 0.05
+    budget: float = 0.1
+    """Retries per call, at most (plus `burst`)."""
+    burst: float = 10.0
+
+
+@dataclass
+class Replica(Generic[T]):
+    """One replica of a hop, and the client (stub) that calls it."""
+
+    address: str
+    client: T
+    ejected_until: float = 0.0
+
+
+class ReplicaSet(Generic[T]):
+    """A hop's replicas, taken in turn. An ejected replica (one that answered UNAVAILABLE or let a call time
+    out) is passed over for `ejection_s`, unless no other replica is left."""
+
+    def __init__(
+        self,
+        replicas: Sequence[Replica[T]],
+        *,
+        ejection_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not replicas:
+            raise ValueError("at least one replica is required")
+        self.replicas = tuple(replicas)
+        self._ejection_s = ejection_s
+        self._clock = clock
+        self._turns = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def pick(self, avoid: Collection[str] = (), *, allow_ejected: bool = True) -> Replica[T] | None:
+        """The next replica in turn that is neither in `avoid` nor ejected; failing that, the next not in
+        `avoid` (when `allow_ejected`); failing that, the next in turn. None only without `allow_ejected`."""
+        start = next(self._turns)
+        order = [self.replicas[(start + i) % len(self.replicas)] for i in range(len(self.replicas))]
+        now = self._clock()
+        for replica in order:
+            if replica.address not in avoid and replica.ejected_until <= now:
+                return replica
+        if not allow_ejected:
+            return None
+        return next((replica for replica in order if replica.address not in avoid), order[0])
+
+    def eject(self, replica: Replica[T]) -> None:
+        replica.ejected_until = self._clock() + self._ejection_s
+
+
+Attempt = Callable[[T, float, dict[str, str]], Awaitable[R]]
+"""Calls one replica's client with a timeout (seconds) and the attempt's trace headers; raises
+AttemptFailed when the replica answers an error."""
+
+
+@dataclass
+class _Race:
+    winner: int | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+class HedgedCall(Generic[T]):
+    """Calls one hop (an idempotent read) over its replicas: hedged, retried, within the caller's deadline.
+
+    Each attempt is a span of its own, a sibling of the others under the caller's current span, named
+    `<hop> attempt` and marked won, cancelled or failed; its trace context goes out in the attempt's headers.
+    """
+
+    def __init__(
+        self,
+        hop: str,
+        replicas: ReplicaSet[T],
+        *,
+        hedge: HedgePolicy = HedgePolicy(),
+        retry: RetryPolicy = RetryPolicy(),
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.hop = hop
+        self.replicas = replicas
+        self.hedge_policy = hedge
+        self.retry_policy = retry
+        self.latencies = LatencyWindow()
+        self.hedge_budget = TokenBucket(hedge.budget, hedge.burst)
+        self.retry_budget = TokenBucket(retry.budget, retry.burst)
+        self._tracer = tracer or trace.get_tracer(__name__)
+
+    def hedge_delay_s(self) -> float | None:
+        """How long the first attempt runs alone; None: no backup attempt."""
+        policy = self.hedge_policy
+        if not policy.enabled or len(self.replicas) < 2:
+            return None
+        if policy.fixed_delay_s is not None:
+            return policy.fixed_delay_s
+        if len(self.latencies) < policy.min_samples:
+            return max(policy.floor_s, policy.initial_delay_s)
+        return max(policy.floor_s, self.latencies.quantile(policy.quantile))
+
+    async def __call__(self, attempt: Attempt[T, R], deadline: Budget) -> R:
+        """The first answer of `attempt` on any replica; raises the last AttemptFailed when none answers,
+        or DeadlineExceeded when no time is left to start."""
+        HOP_CALLS.labels(self.hop).inc()
+        self.hedge_budget.deposit()
+        self.retry_budget.deposit()
+        failed_replicas: set[str] = set()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(
+                lambda error: isinstance(error, AttemptFailed) and error.code in RETRYABLE_CODES
+            ),
+            wait=wait_random_exponential(
+                multiplier=self.retry_policy.initial_backoff_s, max=self.retry_policy.max_backoff_s
+            ),
+            stop=lambda state: self._stop_retrying(state, deadline),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt_state in retrying:
+                with attempt_state:
+                    return await self._race(attempt, deadline, failed_replicas)
+        except AttemptFailed as failure:
+            if failure.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                DEADLINE_EXCEEDED.labels(self.hop).inc()
+            raise
+        except DeadlineExceeded:
+            DEADLINE_EXCEEDED.labels(self.hop).inc()
+            raise
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    def _stop_retrying(self, state: RetryCallState, deadline: Budget) -> bool:
+        if state.attempt_number >= self.retry_policy.max_attempts:
+            return True
+        # A retry that would start with no time beyond the reserve could only fail DEADLINE_EXCEEDED.
+        if deadline.remaining_s() - state.upcoming_sleep <= deadline.reserve_s:
+            return True
+        if not self.retry_budget.take():
+            RETRY_BUDGET_EXHAUSTED.labels(self.hop).inc()
+            return True
+        return False
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        RETRIES.labels(self.hop).inc()
+        failure = state.outcome.exception() if state.outcome else None
+        log.debug("retrying", hop=self.hop, attempt=state.attempt_number, error=str(failure))
+
+    async def _race(self, attempt: Attempt[T, R], deadline: Budget, failed_replicas: set[str]) -> R:
+        timeout_s = deadline.hop_timeout_s(self.hop)
+        primary = self.replicas.pick(failed_replicas)
+        assert primary is not None
+        race = _Race()
+        self._start(race, attempt, primary, timeout_s, failed_replicas)
+        try:
+            delay = self.hedge_delay_s()
+            if delay is not None and delay < timeout_s:
+                done, _ = await asyncio.wait(race.tasks, timeout=delay)
+                if not done:
+                    self._hedge(race, attempt, deadline, {*failed_replicas, primary.address}, failed_replicas)
+            return await self._first_answer(race)
+        finally:
+            for task in race.tasks:
+                task.cancel()
+            # The cancelled attempts' RPCs are cancelled and their spans ended before the answer goes on;
+            # failures no one waited for are collected here.
+            await asyncio.gather(*race.tasks, return_exceptions=True)
+
+    def _hedge(
+        self,
+        race: _Race,
+        attempt: Attempt[T, R],
+        deadline: Budget,
+        avoid: set[str],
+        failed_replicas: set[str],
+    ) -> None:
+        backup = self.replicas.pick(avoid, allow_ejected=False)
+        if backup is None:
+            return
+        if not self.hedge_budget.take():
+            HEDGE_BUDGET_EXHAUSTED.labels(self.hop).inc()
+            return
+        try:
+            timeout_s = deadline.hop_timeout_s(self.hop)
+        except DeadlineExceeded:
+            return
+        HEDGES_SENT.labels(self.hop).inc()
+        self._start(race, attempt, backup, timeout_s, failed_replicas)
+
+    async def _first_answer(self, race: _Race) -> R:
+        pending = set(race.tasks)
+        last_failure: BaseException | None = None
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is None:
+                    if race.tasks.index(task) == race.winner:
+                        return task.result()
+                    continue
+                if not isinstance(error, AttemptFailed) or error.code is grpc.StatusCode.INVALID_ARGUMENT:
+                    # The request itself is wrong (or the client is): every replica would say the same.
+                    raise error
+                last_failure = error
+        assert last_failure is not None
+        raise last_failure
+
+    def _start(
+        self,
+        race: _Race,
+        attempt: Attempt[T, R],
+        replica: Replica[T],
+        timeout_s: float,
+        failed_replicas: set[str],
+    ) -> None:
+        number = len(race.tasks)
+        race.tasks.append(
+            asyncio.create_task(self._attempt(race, number, attempt, replica, timeout_s, failed_replicas))
+        )
+
+    async def _attempt(
+        self,
+        race: _Race,
+        number: int,
+        attempt: Attempt[T, R],
+        replica: Replica[T],
+        timeout_s: float,
+        failed_replicas: set[str],
+    ) -> R:
+        host, _, port = replica.address.rpartition(":")
+        attributes = {
+            HOP_ATTRIBUTE: self.hop,
+            ATTEMPT_ATTRIBUTE: number,
+            "server.address": host,
+            "server.port": int(port) if port.isdigit() else 0,
+            "net.peer.name": host,
+        }
+        # The task runs in a copy of the caller's context: its span is a sibling of the other attempts'.
+        with self._tracer.start_as_current_span(
+            f"{self.hop} attempt", kind=trace.SpanKind.INTERNAL, attributes=attributes
+        ) as span:
+            headers: dict[str, str] = {}
+            propagate.inject(headers)
+            started = time.perf_counter()
+            try:
+                result = await attempt(replica.client, timeout_s, headers)
+            except asyncio.CancelledError:
+                self._finish(span, CANCELLED)
+                raise
+            except AttemptFailed as failure:
+                failure.replica = replica.address
+                failed_replicas.add(replica.address)
+                if failure.code in _EJECTING_CODES:
+                    self.replicas.eject(replica)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, failure.code.name))
+                self._finish(span, FAILED)
+                raise
+            except BaseException:
+                self._finish(span, FAILED)
+                raise
+            self.latencies.record(time.perf_counter() - started)
+            if race.winner is None:
+                race.winner = number
+                self._finish(span, WON)
+                if number > 0:
+                    HEDGES_WON.labels(self.hop).inc()
+            else:
+                # Answered in the same instant as the winner: its answer is dropped as if cancelled.
+                self._finish(span, CANCELLED)
+            return result
+
+    def _finish(self, span: trace.Span, outcome: str) -> None:
+        span.set_attribute(OUTCOME_ATTRIBUTE, outcome)
+        HOP_ATTEMPTS.labels(self.hop, outcome).inc()

@@ -1,0 +1,376 @@
+"""OpenTelemetry tracing for every scoregraph service: provider set-up, server interceptor, hop spans.
+
+Export is configured by OpenTelemetry's standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns it on, `OTEL_EXPORTER_OTLP_PROTOCOL` picks `http/protobuf` (the
+default) or `grpc`, `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` sample, `OTEL_SERVICE_NAME` or
+`OTEL_RESOURCE_ATTRIBUTES` rename the service, `OTEL_BSP_*` tune the batching. No endpoint: spans are
+still made (log lines carry their ids) but go nowhere.
+
+The interceptors are written on the OpenTelemetry API rather than taken from
+opentelemetry-instrumentation-grpc: its aio interceptors cost about 0.2 ms per hop and 40-70% of the
+throughput under load here, while a span costs about 12 us.
+
+Every span attribute, event attribute and status description passes `SPAN_ATTRIBUTES`, an allow-list:
+whatever is not on it is dropped before export, so a request value (a card number, an IP address) can
+never leave in a span, whoever sets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.runtime import metrics
+
+SPAN_ATTRIBUTES: Mapping[str, str] = {
+    # OpenTelemetry's RPC and network semantic conventions.
+    "rpc.system": "`grpc`",
+    "rpc.service": "full name of the gRPC service, e.g. `scoregraph.gateway.v1.GatewayService`",
+    "rpc.method": "gRPC method name, e.g. `Score`",
+    "rpc.grpc.status_code": "numeric gRPC status code of the call",
+    "server.address": "host the server listens on (server spans) or the upstream's target (client spans)",
+    "server.port": "port the server listens on (server spans)",
+    "db.system": "online store a feature read went to: `sqlite` or `redis`",
+    "error.type": "exception class or status code name of a failed call",
+    "exception.type": "exception class, in an exception event (its message and stack trace are dropped)",
+    # scoregraph's own.
+    "scoregraph.hop": "upstream a client span calls: `features`, `predict` or `postprocess`",
+    "scoregraph.model_name": "model that scored the transaction",
+    "scoregraph.model_version": "version of that model",
+    "scoregraph.verdict": "verdict answered: NOT_FRAUD, SUSPICIOUS, HIGHLY_SUSPICIOUS or UNCERTAIN",
+    "scoregraph.degraded": "the verdict rests on less than usual (a failed hop, stale features)",
+    "scoregraph.failed_hops": 'hops that failed while scoring, e.g. `["predict"]`',
+    "scoregraph.feature_service": "Feast feature service read",
+    "scoregraph.features.present": "feature values read present",
+    "scoregraph.features.missing": "feature values missing (unknown entity)",
+    "scoregraph.features.stale": "feature values older than their view's ttl",
+    "scoregraph.label": "label the policy decided",
+    "scoregraph.policy_version": "version of the label policy that decided",
+    "scoregraph.hedge.attempt": "attempt number of a hedged hop: 1 the first request, 2 and up the hedges",
+    "scoregraph.hedge.outcome": "`won` (its answer was used), `cancelled` (another attempt won) or `failed`",
+    "scoregraph.retry.attempt": "attempt number of a retried hop, 1 the first",
+}
+"""Every attribute a scoregraph span may carry, with its meaning; anything else is dropped before export."""
+
+# Health checks and reflection would drown the traces of real calls.
+UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
+
+_ERROR_SERVER_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_PROPAGATED_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class AllowListedAttributes(SpanProcessor):
+    """Passes each ended span on to `delegate` with only the attributes `allowed` lists.
+
+    Status descriptions are dropped (the SDK fills them from exception text), as are exception events'
+    messages and stack traces; the exception's type stays.
+    """
+
+    def __init__(self, delegate: SpanProcessor, allowed: Mapping[str, str] = SPAN_ATTRIBUTES) -> None:
+        self._delegate = delegate
+        self._allowed = frozenset(allowed)
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self._delegate.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
+        clean = (
+            self._allowed.issuperset(attributes)
+            and not span.events
+            and not span.links
+            and span.status.description is None
+        )
+        self._delegate.on_end(span if clean else self._filtered(span))
+
+    def _filtered(self, span: ReadableSpan) -> ReadableSpan:
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=self._keep(span.attributes),
+            events=[
+                Event(event.name, self._keep(event.attributes), event.timestamp) for event in span.events
+            ],
+            links=[trace.Link(link.context) for link in span.links],
+            kind=span.kind,
+            status=Status(span.status.status_code),
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def _keep(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {key: value for key, value in (attributes or {}).items() if key in self._allowed}
+
+    def shutdown(self) -> None:
+        self._delegate.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._delegate.force_flush(timeout_millis)
+
+
+def otlp_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter | None:
+    """The OTLP exporter the standard variables ask for, or None when they name no endpoint."""
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint or environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
+    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: scoregraph exports grpc or http/protobuf")
+
+
+def configure_tracing(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Install the global tracer provider for `service` (unless OTEL_SERVICE_NAME or
+    OTEL_RESOURCE_ATTRIBUTES name it), sampling as OTEL_TRACES_SAMPLER says, exporting in batches to
+    `exporter` or the one the OTEL_* variables configure."""
+    named = SERVICE_NAME in OTELResourceDetector().detect().attributes or os.environ.get("OTEL_SERVICE_NAME")
+    provider = TracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: service}))
+    exporter = exporter or otlp_exporter()
+    if exporter is not None:
+        provider.add_span_processor(AllowListedAttributes(BatchSpanProcessor(exporter)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+class _MetadataGetter:
+    """Reads W3C headers straight from gRPC's invocation metadata, without copying it into a dict."""
+
+    def get(self, carrier: Sequence[tuple[str, Any]], key: str) -> list[str] | None:
+        values = [value for name, value in carrier if name == key and isinstance(value, str)]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, Any]]) -> list[str]:
+        return [name for name, _ in carrier]
+
+
+_METADATA_GETTER = _MetadataGetter()
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    """A server span per RPC, child of the caller's W3C trace context, current while the servicer runs
+    (so its log lines carry the ids), plus the RPC's RED metrics.
+
+    Runs outside `StatusInterceptor`, so it sees the status code the caller gets.
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._provider = tracer_provider
+        # Per method: the handler the inner interceptors answered, and its wrapped version.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self.server_address: str | None = None
+        self.server_port: int | None = None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.lstrip("/").startswith(UNTRACED_SERVICES):
+            return handler
+        # Wrapped once per method, not per call (the metric children are looked up in advance), as long as
+        # the inner interceptors answer the same handler; the wrapper reads what differs from the context.
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._observed(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    def _observed(self, behavior: UnaryBehavior, full_method: str) -> UnaryBehavior:
+        service, method = _split_method(full_method)
+        provider = self._provider or trace.get_tracer_provider()
+        tracer = provider.get_tracer(__name__)
+        span_name = f"{service}/{method}"
+        attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        if self.server_address:
+            attributes["server.address"] = self.server_address
+        if self.server_port:
+            attributes["server.port"] = self.server_port
+        # Looked up once per status code, not per call.
+        series: dict[grpc.StatusCode, tuple[Any, Any]] = {}
+
+        def count(code: grpc.StatusCode, seconds: float) -> None:
+            if code not in series:
+                labels = (service, method, code.name)
+                series[code] = (
+                    metrics.RPC_SERVER_REQUESTS.labels(*labels),
+                    metrics.RPC_SERVER_DURATION.labels(*labels),
+                )
+            requests, duration = series[code]
+            requests.inc()
+            duration.observe(seconds)
+
+        extract = propagate.extract
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            parent = extract(context.invocation_metadata() or (), getter=_METADATA_GETTER)
+            span = tracer.start_span(span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except BaseException as error:
+                code = _code_of(error)
+                span.set_attribute("error.type", type(error).__name__)
+                raise
+            finally:
+                if code is not grpc.StatusCode.OK:
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    if code in _ERROR_SERVER_CODES:
+                        span.set_attribute("error.type", code.name)
+                        span.set_status(StatusCode.ERROR)
+                else:
+                    span.set_attribute("rpc.grpc.status_code", 0)
+                span.end()
+                otel_context.detach(token)
+                count(code, time.perf_counter() - started)
+
+        return observed
+
+
+def _code_of(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+class ObservedHop:
+    """One call to an upstream hop as it is being made: the headers to send and the outcome to record."""
+
+    __slots__ = ("code", "headers", "span")
+
+    def __init__(self, span: trace.Span, headers: dict[str, str]) -> None:
+        self.span = span
+        self.headers = headers
+        """W3C trace context of the hop's client span, to send as gRPC metadata or HTTP headers."""
+        self.code = grpc.StatusCode.OK
+        """Set by the caller when the call fails without raising; an escaping exception sets it too."""
+
+
+@contextlib.contextmanager
+def observed_hop(hop: str, *, target: str | None = None) -> Iterator[ObservedHop]:
+    """Time a call to `hop` for the per-hop RED metrics, in a client span (child of the current span) whose
+    context is in `.headers`.
+
+    A hedging or retrying caller that makes its own span per attempt makes it current first: that span is
+    then the client span, and no second one is made.
+    """
+    started = time.perf_counter()
+    current = trace.get_current_span()
+    own_span = not _is_attempt_span(current, hop)
+    if own_span:
+        attributes: dict[str, Any] = {"rpc.system": "grpc", "scoregraph.hop": hop}
+        if target:
+            attributes["server.address"] = target
+        span = trace.get_tracer(__name__).start_span(hop, kind=SpanKind.CLIENT, attributes=attributes)
+        ctx = trace.set_span_in_context(span)
+    else:
+        span, ctx = current, None
+    headers: dict[str, str] = {}
+    propagate.inject(headers, context=ctx)
+    observed = ObservedHop(span, headers)
+    try:
+        yield observed
+    except BaseException as error:
+        if observed.code is grpc.StatusCode.OK:
+            observed.code = _code_of(error) if not isinstance(error, grpc.aio.AioRpcError) else error.code()
+        raise
+    finally:
+        code = observed.code
+        if own_span:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_attribute("error.type", code.name)
+                span.set_status(StatusCode.ERROR)
+            span.end()
+        metrics.UPSTREAM_REQUESTS.labels(hop, code.name).inc()
+        metrics.UPSTREAM_DURATION.labels(hop, code.name).observe(time.perf_counter() - started)
+
+
+def _is_attempt_span(span: trace.Span, hop: str) -> bool:
+    if getattr(span, "kind", None) is SpanKind.CLIENT:
+        return True
+    attributes = getattr(span, "attributes", None) or {}
+    return attributes.get("scoregraph.hop") == hop
+
+
+class HopInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """`observed_hop` around every unary call on a channel: client span, W3C context in the metadata
+    (replacing any the caller put there), per-hop RED metrics."""
+
+    def __init__(self, hop: str) -> None:
+        self._hop = hop
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        with observed_hop(self._hop) as observed:
+            details = client_call_details._replace(
+                metadata=_with_trace_context(client_call_details.metadata, observed.headers)
+            )
+            call = await continuation(details, request)
+            observed.code = await call.code()
+            return call
+
+
+def _with_trace_context(
+    metadata: Sequence[tuple[str, Any]] | None, headers: MutableMapping[str, str]
+) -> grpc.aio.Metadata:
+    kept = [(key, value) for key, value in (metadata or ()) if key not in _PROPAGATED_KEYS]
+    return grpc.aio.Metadata(*kept, *headers.items())
+
+
+def client_interceptors(hop: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors for a grpc.aio channel to `hop`: `grpc.aio.insecure_channel(target,
+    interceptors=client_interceptors("features"))`."""
+    return [HopInterceptor(hop)]

@@ -1,0 +1,125 @@
+"""Injected faults on a real GrpcServer: the service's own RPCs misbehave, health and reflection never do."""
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.runtime.faults import FaultInterceptor, fault_interceptors
+from services.runtime.server import GrpcServer
+from tests.runtime.scripted_gateway import gateway_registration, runtime_settings
+
+
+async def echo(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
+    return gateway_pb2.ScoreResponse(transaction_id=request.transaction.transaction_id)
+
+
+@pytest.fixture
+async def faulty_gateway() -> AsyncIterator[Callable[..., Awaitable[grpc.aio.Channel]]]:
+    """A GrpcServer around an echoing GatewayService, with the fault settings a test gives."""
+    servers: list[GrpcServer] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def serve(**faults) -> grpc.aio.Channel:
+        server = GrpcServer(runtime_settings(grace_period_s=0.1, **faults), [gateway_registration(echo)])
+        await server.start()
+        servers.append(server)
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+        return channels[-1]
+
+    yield serve
+    for channel in channels:
+        await channel.close()
+    for server in servers:
+        await server.stop()
+
+
+def score_request() -> gateway_pb2.ScoreRequest:
+    return gateway_pb2.ScoreRequest(transaction=gateway_pb2.Transaction(transaction_id="tx-1"))
+
+
+async def test_no_fault_is_configured_by_default() -> None:
+    assert fault_interceptors(runtime_settings()) == []
+
+
+async def test_an_erroring_service_answers_unavailable_and_stays_healthy(faulty_gateway) -> None:
+    channel = await faulty_gateway(fault_error_share=1.0)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=5)
+
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_slow_service_answers_late(faulty_gateway) -> None:
+    channel = await faulty_gateway(fault_delay_ms=100)
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    await stub.Score(score_request(), timeout=5)  # connected
+
+    started = time.monotonic()
+    reply = await stub.Score(score_request(), timeout=5)
+
+    assert reply.transaction_id == "tx-1"
+    assert time.monotonic() - started >= 0.1
+
+
+async def test_a_hung_service_answers_nothing_until_the_deadline(faulty_gateway) -> None:
+    channel = await faulty_gateway(fault_hang=True)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=0.2)
+
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.aborted: list[grpc.StatusCode] = []
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted.append(code)
+        raise grpc.aio.AbortError()
+
+
+async def test_shares_of_calls_are_faulted() -> None:
+    settings = runtime_settings(fault_error_share=0.25, fault_delay_ms=0.001, fault_delay_share=0.5)
+    interceptor = FaultInterceptor(settings, rng=random.Random(7))
+    answered = 0
+
+    async def behavior(request, context):
+        nonlocal answered
+        answered += 1
+
+    faulty = interceptor._faulty(behavior)
+    context = RecordingContext()
+    for _ in range(2000):
+        with contextlib.suppress(grpc.aio.AbortError):
+            await faulty(None, context)
+
+    assert 400 < len(context.aborted) < 600
+    assert len(context.aborted) + answered == 2000
+
+
+async def test_a_server_at_its_concurrency_limit_sheds_further_calls_at_once(faulty_gateway) -> None:
+    channel = await faulty_gateway(fault_delay_ms=300, max_concurrent_rpcs=1)
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    first = asyncio.ensure_future(stub.Score(score_request(), timeout=5))
+    await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Score(score_request(), timeout=5)
+
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert time.monotonic() - started < 0.15
+    assert (await first).transaction_id == "tx-1"

@@ -1,0 +1,216 @@
+"""Server and client spans, the attribute allow-list, RED metrics, and the export configuration."""
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
+from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.predict.tritonserver import trace_args
+from services.runtime import tracing
+from services.runtime.errors import FieldViolation, InvalidInput
+from services.runtime.server import GrpcServer
+from services.runtime.tracing import AllowListedAttributes, client_interceptors, observed_hop, otlp_exporter
+from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, gateway_registration, runtime_settings
+
+TEST_PAN = "4111111111111111"
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def spans(monkeypatch) -> Iterator[InMemorySpanExporter]:
+    """Spans of the runtime's tracer, through the allow-list, into memory. The global provider can be set
+    once per process, so the runtime's lookups of it are pointed at this one instead."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(AllowListedAttributes(SimpleSpanProcessor(exporter)))
+    monkeypatch.setattr(tracing.trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(tracing.trace, "get_tracer", lambda name: provider.get_tracer(name))
+    yield exporter
+    provider.shutdown()
+
+
+def server_requests(code: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "scoregraph_rpc_server_requests_total",
+            {"rpc_service": GATEWAY_SERVICE_NAME, "rpc_method": "Score", "grpc_code": code},
+        )
+        or 0.0
+    )
+
+
+async def test_a_server_span_per_call_continues_the_callers_trace(serve_gateway, spans):
+    seen = {}
+
+    async def score(request):
+        seen["span"] = trace.get_current_span().get_span_context()
+        return gateway_pb2.ScoreResponse(transaction_id=request.transaction.transaction_id)
+
+    channel = await serve_gateway(score)
+    before = server_requests("OK")
+
+    await gateway_pb2_grpc.GatewayServiceStub(channel).Score(
+        gateway_pb2.ScoreRequest(), metadata=(("traceparent", PARENT),)
+    )
+
+    [span] = spans.get_finished_spans()
+    assert span.name == f"{GATEWAY_SERVICE_NAME}/Score"
+    assert span.kind is SpanKind.SERVER
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert seen["span"].span_id == span.context.span_id, "the servicer runs inside the server span"
+    assert span.attributes["rpc.system"] == "grpc"
+    assert span.attributes["rpc.service"] == GATEWAY_SERVICE_NAME
+    assert span.attributes["rpc.method"] == "Score"
+    assert span.attributes["rpc.grpc.status_code"] == 0
+    assert span.attributes["server.address"] == "127.0.0.1"
+    assert server_requests("OK") == before + 1
+
+
+async def test_failed_calls_carry_their_status_and_no_request_data(serve_gateway, spans):
+    async def score(request):
+        trace.get_current_span().set_attribute("card_number", request.transaction.card_number)
+        raise InvalidInput(
+            [FieldViolation("transaction.card_number", f"bad {request.transaction.card_number}")]
+        )
+
+    channel = await serve_gateway(score)
+    before = server_requests("INVALID_ARGUMENT")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(
+            gateway_pb2.ScoreRequest(transaction=gateway_pb2.Transaction(card_number=TEST_PAN))
+        )
+
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    [span] = spans.get_finished_spans()
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "card_number" not in span.attributes
+    assert TEST_PAN not in repr(span.to_json())
+    assert server_requests("INVALID_ARGUMENT") == before + 1
+
+
+async def test_health_checks_are_not_traced(serve_gateway, spans):
+    async def score(request):
+        return gateway_pb2.ScoreResponse()
+
+    channel = await serve_gateway(score)
+    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+
+    assert spans.get_finished_spans() == ()
+
+
+async def test_a_hop_is_a_client_span_whose_context_reaches_the_server(spans):
+    async def score(request):
+        return gateway_pb2.ScoreResponse()
+
+    server = GrpcServer(runtime_settings(), [gateway_registration(score)])
+    await server.start()
+    try:
+        target = f"127.0.0.1:{server.port}"
+        async with grpc.aio.insecure_channel(target, interceptors=client_interceptors("gateway")) as hop:
+            await gateway_pb2_grpc.GatewayServiceStub(hop).Score(
+                gateway_pb2.ScoreRequest(), metadata=(("traceparent", PARENT),)
+            )
+    finally:
+        await server.stop()
+
+    server_span, client_span = sorted(spans.get_finished_spans(), key=lambda s: s.kind is SpanKind.CLIENT)
+    assert client_span.kind is SpanKind.CLIENT and client_span.attributes["scoregraph.hop"] == "gateway"
+    assert server_span.parent.span_id == client_span.context.span_id, "the caller's stale traceparent lost"
+    assert REGISTRY.get_sample_value(
+        "scoregraph_upstream_requests_total", {"hop": "gateway", "grpc_code": "OK"}
+    )
+
+
+def test_an_attempt_span_of_the_hop_is_not_doubled(spans):
+    tracer = tracing.trace.get_tracer("test")
+    with (
+        tracer.start_as_current_span(
+            "features attempt", attributes={"scoregraph.hop": "features"}
+        ) as attempt,
+        observed_hop("features") as observed,
+    ):
+        pass
+
+    assert observed.span is attempt
+    assert [span.name for span in spans.get_finished_spans()] == ["features attempt"]
+    assert f"{attempt.get_span_context().span_id:016x}" in observed.headers["traceparent"]
+
+
+def test_the_allow_list_drops_unknown_attributes_exception_text_and_status_descriptions(spans):
+    tracer = tracing.trace.get_tracer("test")
+    with pytest.raises(ValueError), tracer.start_as_current_span("score") as span:
+        span.set_attribute("scoregraph.verdict", "NOT_FRAUD")
+        span.set_attribute("ip_address", "203.0.113.7")
+        raise ValueError(f"card {TEST_PAN}")
+
+    [exported] = spans.get_finished_spans()
+    assert dict(exported.attributes) == {"scoregraph.verdict": "NOT_FRAUD"}
+    assert exported.status.description is None
+    [event] = exported.events
+    assert dict(event.attributes) == {"exception.type": "ValueError"}
+    assert TEST_PAN not in exported.to_json() and "203.0.113.7" not in exported.to_json()
+
+
+@pytest.mark.parametrize(
+    ("environ", "kind"),
+    [
+        ({}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, HttpExporter),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            GrpcExporter,
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"}, HttpExporter),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"}, None),
+    ],
+)
+def test_the_standard_variables_pick_the_exporter(environ, kind):
+    exporter = otlp_exporter(environ)
+    assert exporter is None if kind is None else isinstance(exporter, kind)
+
+
+def test_triton_exports_over_http_to_the_configured_endpoint():
+    args = trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/"})
+
+    assert "--trace-config=mode=opentelemetry" in args
+    assert "--trace-config=opentelemetry,url=http://127.0.0.1:4318/v1/traces" in args
+    assert "--trace-config=rate=1" in args
+    assert "--trace-config=level=TIMESTAMPS" in args
+
+
+def test_triton_is_not_traced_without_an_http_endpoint_or_when_sampling_nothing():
+    assert trace_args({}) == []
+    assert (
+        trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        == []
+    )
+    assert (
+        trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "always_off"})
+        == []
+    )
+
+
+def test_triton_takes_its_own_url_when_the_services_export_over_grpc():
+    args = trace_args(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "SCOREGRAPH_TRITON_OTLP_TRACES_URL": "http://c:4318/v1/traces",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        }
+    )
+    assert "--trace-config=opentelemetry,url=http://c:4318/v1/traces" in args
+    assert "--trace-config=rate=10" in args
