@@ -1,4 +1,4 @@
-"""One stack exporting its traces to a test OTLP receiver, shared by the tracing and the no-PII tests.
+"""A stack exporting its traces to a test OTLP receiver, for the tracing and the no-PII tests.
 
 The Python services export over OTLP/gRPC and tritonserver over OTLP/HTTP, so both receivers are used.
 """
@@ -53,26 +53,22 @@ class TracedStack:
         return self.collector.wait_for(whole, timeout_s)
 
 
-_shared: dict[str, object] = {}
-
-
-def shared_traced_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedStack]:
-    """Body of a session fixture in each module that needs the stack: started once for all of them (it
-    takes half a minute), stopped when the last one is done with it."""
-    if "stack" not in _shared:
-        collector = TraceCollector().start()
-        env = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-            "SCOREGRAPH_TRITON_OTLP_TRACES_URL": f"{collector.http_endpoint}/v1/traces",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-        }
+def traced_stack_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedStack]:
+    """Body of a module fixture: a stack exporting to a collector of the test's own, started right before
+    the module's tests and stopped after them (a collector kept through other modules' load tests was seen
+    to miss spans)."""
+    collector = TraceCollector().start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "SCOREGRAPH_TRITON_OTLP_TRACES_URL": f"{collector.http_endpoint}/v1/traces",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    try:
         stack = start_stack(tmp_path_factory.mktemp("traced") / "stack.log", env=env, **PORTS)
-        _shared.update(stack=TracedStack(stack, collector), users=0)
-    _shared["users"] += 1
-    yield _shared["stack"]
-    _shared["users"] -= 1
-    if not _shared["users"]:
-        traced = _shared.pop("stack")
-        traced.stack.stop()
-        traced.collector.stop()
+        try:
+            yield TracedStack(stack, collector)
+        finally:
+            stack.stop()
+    finally:
+        collector.stop()

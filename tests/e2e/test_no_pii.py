@@ -11,7 +11,7 @@ import pytest
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.stack.traffic import score_request
-from tests.e2e.telemetry import TracedStack, shared_traced_stack
+from tests.e2e.telemetry import TracedStack, traced_stack_for
 
 pytestmark = pytest.mark.e2e
 
@@ -20,9 +20,9 @@ CLIENT_IP = "203.0.113.77"
 SECRETS = (TEST_PAN, TEST_PAN[-12:], CLIENT_IP)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory) -> Iterator[TracedStack]:
-    yield from shared_traced_stack(tmp_path_factory)
+    yield from traced_stack_for(tmp_path_factory)
 
 
 def requests(live) -> Iterator[gateway_pb2.ScoreRequest]:

@@ -210,10 +210,13 @@ def test_sigterm_to_a_replica_under_load_loses_no_call(slow_replica_stack, reque
     assert len(load.outcomes) == load.sent
     codes = Counter(o.code for o in load.outcomes)
     assert set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes
-    # Until the replica had drained and exited (then the supervisor stops the whole stack), no call failed.
+    # Until the replica had drained and exited (then the supervisor stops the whole stack), every call was
+    # answered. While it drains, calls routed to it are refused and retried on the other replica; when the
+    # retry budget (10% of calls) runs dry a few answer UNCERTAIN (degraded) instead: a definite answer still.
     before_exit = [o for o in load.outcomes if o.finished_at < exited]
     assert before_exit
-    assert Counter((o.code, o.degraded) for o in before_exit) == {("OK", False): len(before_exit)}
+    assert {o.code for o in before_exit} == {"OK"}
+    assert sum(o.degraded for o in before_exit) <= 0.05 * len(before_exit)
 
 
 # --- one hung features replica, and every postprocess replica hung ---------------------------------------

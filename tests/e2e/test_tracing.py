@@ -14,7 +14,7 @@ from scoregraph.gateway.v1 import gateway_pb2_grpc
 
 from services.stack.collector import CollectedSpan
 from services.stack.traffic import score_request
-from tests.e2e.telemetry import SCORE_SPAN, SERVICES, TracedStack, shared_traced_stack
+from tests.e2e.telemetry import SCORE_SPAN, SERVICES, TracedStack, traced_stack_for
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +22,9 @@ CALLER_TRACE = "5bd66ef5095369c7b0d1f8f4bd33716a"
 CALLER_SPAN = "c532cb4098ac3dd2"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory) -> Iterator[TracedStack]:
-    yield from shared_traced_stack(tmp_path_factory)
+    yield from traced_stack_for(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
