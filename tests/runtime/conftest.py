@@ -38,13 +38,14 @@ def json_logs() -> Iterator[LogCapture]:
 
 
 @pytest.fixture
-async def serve_gateway() -> AsyncIterator[Callable[[ScoreBehavior], Awaitable[grpc.aio.Channel]]]:
-    """Starts a real GrpcServer on a free port around a scripted GatewayService; returns a channel to it."""
+async def serve_gateway() -> AsyncIterator[Callable[..., Awaitable[grpc.aio.Channel]]]:
+    """Starts a real GrpcServer on a free port around a scripted GatewayService, with any settings a test
+    gives; returns a channel to it."""
     servers: list[GrpcServer] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def serve(score: ScoreBehavior) -> grpc.aio.Channel:
-        server = GrpcServer(runtime_settings(), [gateway_registration(score)])
+    async def serve(score: ScoreBehavior, **settings) -> grpc.aio.Channel:
+        server = GrpcServer(runtime_settings(**settings), [gateway_registration(score)])
         await server.start()
         servers.append(server)
         channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))

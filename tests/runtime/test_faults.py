@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -12,8 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.runtime.faults import FaultInterceptor, fault_interceptors
-from services.runtime.server import GrpcServer
-from tests.runtime.scripted_gateway import gateway_registration, runtime_settings
+from tests.runtime.scripted_gateway import runtime_settings
 
 
 async def echo(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
@@ -21,23 +20,9 @@ async def echo(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
 
 
 @pytest.fixture
-async def faulty_gateway() -> AsyncIterator[Callable[..., Awaitable[grpc.aio.Channel]]]:
+def faulty_gateway(serve_gateway) -> Callable[..., Awaitable[grpc.aio.Channel]]:
     """A GrpcServer around an echoing GatewayService, with the fault settings a test gives."""
-    servers: list[GrpcServer] = []
-    channels: list[grpc.aio.Channel] = []
-
-    async def serve(**faults) -> grpc.aio.Channel:
-        server = GrpcServer(runtime_settings(grace_period_s=0.1, **faults), [gateway_registration(echo)])
-        await server.start()
-        servers.append(server)
-        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
-        return channels[-1]
-
-    yield serve
-    for channel in channels:
-        await channel.close()
-    for server in servers:
-        await server.stop()
+    return lambda **faults: serve_gateway(echo, grace_period_s=0.1, **faults)
 
 
 def score_request() -> gateway_pb2.ScoreRequest:
