@@ -1,12 +1,13 @@
 """The Score graph: validate, translate, read features, predict, label. Knows no server, only upstreams."""
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
 import structlog
+from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.context import Context
 from scoregraph.features.v1 import features_pb2, features_pb2_grpc
@@ -181,14 +182,7 @@ class ScoreGraph:
     ) -> features_pb2.GetFeaturesResponse:
         request = translate_transaction(tx, self._card_key, self._served.contract.feature_service)
 
-        async def attempt(
-            stub: features_pb2_grpc.FeaturesServiceStub, timeout_s: float, headers: dict[str, str]
-        ) -> features_pb2.GetFeaturesResponse:
-            try:
-                return await stub.GetFeatures(request, timeout=timeout_s, metadata=tuple(headers.items()))
-            except grpc.aio.AioRpcError as error:
-                raise AttemptFailed(error.code(), error.details() or "") from error
-
+        attempt = _grpc_attempt(lambda stub: stub.GetFeatures, request)
         response = await self._call(self.features, attempt, deadline)
         self._check_contract(response)
         return response
@@ -232,14 +226,7 @@ class ScoreGraph:
     async def _label(
         self, request: postprocess_pb2.LabelRequest, deadline: Deadline, *, after_failure: bool
     ) -> tuple[Verdict, tuple[Reason, ...]]:
-        async def attempt(
-            stub: postprocess_pb2_grpc.PostprocessServiceStub, timeout_s: float, headers: dict[str, str]
-        ) -> postprocess_pb2.LabelResponse:
-            try:
-                return await stub.Label(request, timeout=timeout_s, metadata=tuple(headers.items()))
-            except grpc.aio.AioRpcError as error:
-                raise AttemptFailed(error.code(), error.details() or "") from error
-
+        attempt = _grpc_attempt(lambda stub: stub.Label, request)
         try:
             response = await self._call(self.postprocess, attempt, deadline)
         except DeadlineExceeded as error:
@@ -268,6 +255,19 @@ def _label_request(
             postprocess_pb2.FailedHop(hop=failure.hop, status_code=failure.code.name) for failure in failures
         ],
     )
+
+
+def _grpc_attempt(method: Callable[[Any], Any], request: Message):
+    """One attempt of a gRPC hop: `method(stub)(request)` with the attempt's timeout and trace headers, its
+    failure as the status code the hedging and retry policy decide on."""
+
+    async def attempt(stub: Any, timeout_s: float, headers: dict[str, str]) -> Any:
+        try:
+            return await method(stub)(request, timeout=timeout_s, metadata=tuple(headers.items()))
+        except grpc.aio.AioRpcError as error:
+            raise AttemptFailed(error.code(), error.details() or "") from error
+
+    return attempt
 
 
 def _first_difference(names: tuple[str, ...], expected: tuple[str, ...]) -> str:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
+from services.features.feature_repo.definitions import fraud_model_v1
 from services.features.online import EntityKeys, FeatureRequest, FeatureStatus, FeatureVector, RequestValues
 
 FEATURE_SERVICE = "fraud_model_v1"
@@ -23,19 +24,13 @@ class KnownTransaction:
     materialized_until: datetime
 
 
-CARD_ACTIVITY = (
-    "txn_count_1h",
-    "txn_amount_1h",
-    "txn_count_24h",
-    "txn_amount_24h",
-    "small_txn_count_24h",
-    "txn_count_7d",
-    "txn_amount_7d",
-    "avg_amount_30d",
-)
-MERCHANT_RISK = ("merchant_fraud_rate_30d", "merchant_txn_count_30d")
-CARD_DEVICE = ("device_txn_count",)
-STORED = {"card_activity": CARD_ACTIVITY, "merchant_risk": MERCHANT_RISK, "card_device": CARD_DEVICE}
+# The stored features the model reads, by view, as the feature repository declares them.
+STORED = {
+    projection.name: tuple(feature.name for feature in projection.features)
+    for projection in fraud_model_v1.feature_view_projections
+    if projection.name in JOIN_KEYS
+}
+CARD_ACTIVITY, MERCHANT_RISK, CARD_DEVICE = (STORED[view] for view in JOIN_KEYS)
 MS = timedelta(milliseconds=1)
 VALUES = RequestValues(1250, "EUR", "DE", "DE", "DE", "IN_STORE")
 
