@@ -142,6 +142,21 @@ class ServerCommand:
     env: dict[str, str]
 
 
+def shm_prefix(grpc_port: int) -> str:
+    """Name prefix of a server's Python-backend shared memory regions (in /dev/shm)."""
+    return f"scoregraph_triton_{grpc_port}_"
+
+
+def remove_stale_shm(grpc_port: int, shm: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove the regions a killed server on this port left behind (SIGKILL skips Triton's clean-up); a
+    live server can't be holding them, since it would hold the port too. Returns what was removed."""
+    removed = []
+    for region in shm.glob(f"{shm_prefix(grpc_port)}*"):
+        region.unlink(missing_ok=True)
+        removed.append(region)
+    return removed
+
+
 def server_command(
     model_repository: Path,
     *,
@@ -166,7 +181,7 @@ def server_command(
         f"--metrics-port={metrics_port}",
         f"--model-control-mode={model_control_mode}",
         # Python-backend shared memory regions are named per server, so servers on one host never collide.
-        f"--backend-config=python,shm-region-prefix-name=scoregraph_triton_{grpc_port}_",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(grpc_port)}",
     ]
     if model_control_mode == "explicit":
         argv.append("--load-model=*")
@@ -214,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         installation=TritonInstallation.locate(args.triton_env),
         extra_args=extra_args,
     )
+    remove_stale_shm(args.grpc_port)
     os.execve(command.argv[0], command.argv, command.env)
 
 

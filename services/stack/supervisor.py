@@ -23,7 +23,7 @@ from honcho.manager import Manager
 from honcho.printer import Printer
 
 from services.stack.collector import CollectorSettings, TraceCollector, TraceFileWriter, trace_file
-from services.stack.topology import StackProcess, StackSettings, process_env, processes
+from services.stack.topology import StackProcess, StackSettings, busy_ports, process_env, processes
 
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -74,6 +74,14 @@ def run(settings: StackSettings) -> int:
     missing = settings.model_repository / "fraud_mlp"
     if not missing.is_dir():
         print(f"scoregraph: no model at {missing}; run `make build` first", file=sys.stderr)
+        return 2
+    busy = busy_ports(settings)
+    if busy:
+        print(
+            f"scoregraph: ports {busy} on {settings.host} are in use (another stack still running?); "
+            "stop it or set SCOREGRAPH_STACK_*_PORT",
+            file=sys.stderr,
+        )
         return 2
     stack = processes(settings)
     traces = CollectorSettings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,10 @@ class StackSettings(BaseSettings):
     grace_period_s: float = 4.0
     """Drain time each service gets on shutdown; below the supervisor's 5 s before it kills."""
     faulty_replica: str = ""
-    """Process that gets the `fault_*` settings below (e.g. `features-1`, `postprocess-0`, `triton-1`), as
-    its SCOREGRAPH_<SERVICE>_FAULT_* variables; empty: none. To fault every replica of a service, set the
-    service's own variables (e.g. SCOREGRAPH_FEATURES_FAULT_HANG) instead."""
+    """Processes that get the `fault_*` settings below (e.g. `features-1`, `postprocess-0`, `triton-1`, or
+    several, comma-separated: `features-1,triton-1`), as their SCOREGRAPH_<SERVICE>_FAULT_* variables;
+    empty: none. To fault every replica of a service, set the service's own variables (e.g.
+    SCOREGRAPH_FEATURES_FAULT_HANG) instead."""
     fault_delay_ms: float = Field(default=0.0, ge=0)
     """Milliseconds the faulty replica adds to a `fault_delay_share` of its calls."""
     fault_delay_share: float = Field(default=1.0, ge=0, le=1)
@@ -56,8 +58,8 @@ class StackSettings(BaseSettings):
     fault_hang: bool = False
     """The faulty replica never answers until the caller cancels."""
     respawn_killed_replicas: bool = False
-    """Restart a features or postprocess replica that was killed (SIGKILL), as Kubernetes would, for
-    chaos tests; otherwise any process that exits stops the whole stack."""
+    """Restart a features, postprocess or Triton replica that was killed (SIGKILL), as Kubernetes would,
+    for chaos tests; otherwise any process that exits stops the whole stack."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def _respawning(argv: list[str]) -> list[str]:
 
 
 def _fault_env(settings: StackSettings, name: str, prefix: str) -> dict[str, str]:
-    if name != settings.faulty_replica:
+    if name not in {n.strip() for n in settings.faulty_replica.split(",")}:
         return {}
     values = {
         "FAULT_DELAY_MS": settings.fault_delay_ms,
@@ -111,6 +113,7 @@ def processes(settings: StackSettings) -> list[StackProcess]:
         values = {**common, "PORT": str(port), "METRICS_PORT": str(next(metrics)), **extra}
         return {f"SCOREGRAPH_{prefix}_{key}": value for key, value in values.items()}
 
+    replica_argv = _respawning if settings.respawn_killed_replicas else list
     out: list[StackProcess] = []
     triton = []
     for i in range(settings.triton_replicas):
@@ -119,22 +122,23 @@ def processes(settings: StackSettings) -> list[StackProcess]:
         out.append(
             StackProcess(
                 f"triton-{i}",
-                _python(
-                    "services.predict.tritonserver",
-                    "--model-repository",
-                    str(settings.model_repository),
-                    "--grpc-port",
-                    str(port),
-                    "--http-port",
-                    str(port - 1),
-                    "--metrics-port",
-                    str(port + 1),
+                replica_argv(
+                    _python(
+                        "services.predict.tritonserver",
+                        "--model-repository",
+                        str(settings.model_repository),
+                        "--grpc-port",
+                        str(port),
+                        "--http-port",
+                        str(port - 1),
+                        "--metrics-port",
+                        str(port + 1),
+                    )
                 ),
                 env=_fault_env(settings, f"triton-{i}", "TRITON"),
                 health_address=f"{host}:{port}",
             )
         )
-    replica_argv = _respawning if settings.respawn_killed_replicas else list
     features = [f"{host}:{settings.features_port + i}" for i in range(settings.features_replicas)]
     postprocess = [f"{host}:{settings.postprocess_port + i}" for i in range(settings.postprocess_replicas)]
     for service, addresses, first_port in (
@@ -158,9 +162,44 @@ def processes(settings: StackSettings) -> list[StackProcess]:
     return out
 
 
+def listening_ports(settings: StackSettings) -> list[int]:
+    """Every TCP port the stack's processes listen on: gRPC, Triton's HTTP and metrics, Prometheus."""
+    ports = []
+    for i in range(settings.triton_replicas):
+        grpc_port = settings.triton_port + 10 * i
+        ports += [grpc_port - 1, grpc_port, grpc_port + 1]
+    ports += [settings.features_port + i for i in range(settings.features_replicas)]
+    ports += [settings.postprocess_port + i for i in range(settings.postprocess_replicas)]
+    ports.append(settings.gateway_port)
+    python_services = settings.features_replicas + settings.postprocess_replicas + 1
+    ports += range(settings.metrics_port, settings.metrics_port + python_services)
+    return ports
+
+
+def busy_ports(settings: StackSettings) -> list[int]:
+    """The stack's ports something else already listens on (a stack left running, another program)."""
+    busy = []
+    for port in listening_ports(settings):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((settings.host, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+#: Loopback never goes through a proxy: gRPC and tritonserver's OTLP exporter (libcurl) both honour
+#: http_proxy, and a proxy set for the package registries must not swallow calls between the services.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def process_env(process: StackProcess) -> dict[str, str]:
     """The process's environment: ours, with the repository importable and its own settings on top."""
     env = {**os.environ, **process.env}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    for name in ("no_proxy", "NO_PROXY"):
+        hosts = [h for h in env.get(name, "").split(",") if h.strip()]
+        env[name] = ",".join([*hosts, *(h for h in _LOOPBACK if h not in hosts)])
     return env

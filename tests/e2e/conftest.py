@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pandas as pd
+import psutil
 import pytest
 from scoregraph.gateway.v1 import gateway_pb2_grpc
 
@@ -39,10 +41,25 @@ class RunningStack:
     def gateway(self) -> str:
         return f"{self.settings.host}:{self.settings.gateway_port}"
 
-    def stop(self, timeout_s: float = 30) -> int:
+    def stop(self, timeout_s: float = 30) -> list[str]:
+        """SIGTERM the supervisor and wait for it; then kill whatever of its processes outlived it by 10 s,
+        so the next stack finds its ports free. Returns those survivors (name and pid): there should be
+        none."""
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+        self.process.wait(timeout=timeout_s)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        survivors = []
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                survivors.append(f"{process.name()} ({process.pid})")
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+        return survivors
 
 
 def start_stack(log: Path, env: dict[str, str] | None = None, **overrides: int) -> RunningStack:

@@ -15,15 +15,26 @@ from services.stack.collector import TraceCollector
 from services.stack.topology import processes
 from tests.e2e.conftest import RunningStack, start_stack
 
-PORTS = {
-    "GATEWAY_PORT": 56051,
-    "FEATURES_PORT": 56061,
-    "POSTPROCESS_PORT": 56071,
-    "TRITON_PORT": 56001,
-    "METRICS_PORT": 56464,
-}
+
+def ports(base: int) -> dict[str, int]:
+    """A traced stack's ports from `base` up; each module gets its own, so one stack's slow exit can't
+    leave the next talking to a process of the last."""
+    return {
+        "GATEWAY_PORT": base + 51,
+        "FEATURES_PORT": base + 61,
+        "POSTPROCESS_PORT": base + 71,
+        "TRITON_PORT": base + 1,
+        "METRICS_PORT": base + 464,
+    }
+
+
 SCORE_SPAN = "scoregraph.gateway.v1.GatewayService/Score"
-SERVICES = {"scoregraph-gateway", "scoregraph-features", "scoregraph-triton", "scoregraph-postprocess"}
+TRITON_SERVICE = "scoregraph-triton"
+PYTHON_SERVICES = {"scoregraph-gateway", "scoregraph-features", "scoregraph-postprocess"}
+#: tritonserver 2.51 (nvidia-pytriton 0.7.0) now and then ignores a request's traceparent and starts a trace
+#: of its own: about 1 call in 40, seen with tritonclient calling it directly too, so not the gateway's
+#: doing. Of the traced calls a test makes, this many may lack Triton's spans.
+UNCONTINUED_BY_TRITON = 2
 
 
 @dataclass
@@ -42,18 +53,51 @@ class TracedStack:
         return pages
 
     def wait_for_traces(self, trace_ids: list[str], timeout_s: float = 15) -> bool:
-        def whole(collector: TraceCollector) -> bool:
+        """Wait until every trace has the Python services' spans and all but `UNCONTINUED_BY_TRITON` of
+        them Triton's too; then give the last of Triton's a moment more."""
+
+        def python_side(collector: TraceCollector) -> bool:
             # The gateway's server span ends last: once it is in, the gateway has sent all of its spans.
             return all(
-                {s.service for s in collector.trace(t)} >= SERVICES
+                {s.service for s in collector.trace(t)} >= PYTHON_SERVICES
                 and any(s.name == SCORE_SPAN for s in collector.trace(t))
                 for t in trace_ids
             )
 
-        return self.collector.wait_for(whole, timeout_s)
+        def with_triton(collector: TraceCollector) -> bool:
+            return python_side(collector) and len(self.traced_by_triton(trace_ids)) >= len(trace_ids)
+
+        if self.collector.wait_for(with_triton, timeout_s / 2):
+            return True
+        return (
+            self.collector.wait_for(python_side, timeout_s / 2)
+            and len(self.traced_by_triton(trace_ids)) >= len(trace_ids) - UNCONTINUED_BY_TRITON
+        )
+
+    def traced_by_triton(self, trace_ids: list[str]) -> list[str]:
+        return [t for t in trace_ids if any(s.service == TRITON_SERVICE for s in self.collector.trace(t))]
+
+    def describe(self, trace_ids: list[str]) -> str:
+        """What arrived of each trace, and the stack log's warnings and errors: a failed wait's message."""
+        lines = []
+        for trace_id in trace_ids:
+            spans = self.collector.trace(trace_id)
+            services = sorted({s.service for s in spans})
+            score = any(s.name == SCORE_SPAN for s in spans)
+            lines.append(f"{trace_id}: {len(spans)} spans from {services}, Score span {score}")
+        others = [t for t in self.collector.trace_ids() if t not in trace_ids]
+        lines.append(f"{len(others)} other traces:")
+        for trace_id in others:
+            spans = [f"{s.service} {s.name}" for s in self.collector.trace(trace_id)]
+            lines.append(f"{trace_id}: {spans}")
+        log = self.stack.log.read_text(errors="replace").splitlines()
+        words = ("error", "warn", "fail", "exception")
+        noteworthy = [line for line in log if any(w in line.lower() for w in words)]
+        lines.extend(noteworthy[-30:])
+        return "\n".join(lines)
 
 
-def traced_stack_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedStack]:
+def traced_stack_for(tmp_path_factory: pytest.TempPathFactory, base_port: int) -> Iterator[TracedStack]:
     """Body of a module fixture: a stack exporting to a collector of the test's own, started right before
     the module's tests and stopped after them (a collector kept through other modules' load tests was seen
     to miss spans)."""
@@ -65,7 +109,7 @@ def traced_stack_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trace
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     try:
-        stack = start_stack(tmp_path_factory.mktemp("traced") / "stack.log", env=env, **PORTS)
+        stack = start_stack(tmp_path_factory.mktemp("traced") / "stack.log", env=env, **ports(base_port))
         try:
             yield TracedStack(stack, collector)
         finally:

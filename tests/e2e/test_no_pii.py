@@ -22,7 +22,7 @@ SECRETS = (TEST_PAN, TEST_PAN[-12:], CLIENT_IP)
 
 @pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory) -> Iterator[TracedStack]:
-    yield from traced_stack_for(tmp_path_factory)
+    yield from traced_stack_for(tmp_path_factory, 59000)
 
 
 def requests(live) -> Iterator[gateway_pb2.ScoreRequest]:

@@ -2,7 +2,13 @@ import os
 
 import pytest
 
-from services.predict.tritonserver import TRITON_ENV_VARIABLE, TritonInstallation, server_command
+from services.predict.tritonserver import (
+    TRITON_ENV_VARIABLE,
+    TritonInstallation,
+    remove_stale_shm,
+    server_command,
+    shm_prefix,
+)
 
 
 def test_runs_with_the_triton_environment_first_on_path(tmp_path):
@@ -41,3 +47,13 @@ def test_explicit_mode_loads_the_whole_repository_at_start(tmp_path):
 def test_names_the_variable_when_no_triton_environment_is_found(tmp_path):
     with pytest.raises(FileNotFoundError, match=TRITON_ENV_VARIABLE):
         TritonInstallation.locate(tmp_path)
+
+
+def test_a_killed_servers_shared_memory_is_removed_and_no_other_servers(tmp_path):
+    mine = [tmp_path / f"{shm_prefix(8001)}{n}" for n in ("a1", "b2")]
+    others = [tmp_path / f"{shm_prefix(8011)}c3", tmp_path / "sem.mp-xyz"]
+    for region in mine + others:
+        region.write_bytes(b"\0")
+
+    assert sorted(remove_stale_shm(8001, shm=tmp_path)) == sorted(mine)
+    assert sorted(tmp_path.iterdir()) == sorted(others)

@@ -1,8 +1,18 @@
+import os
+import socket
 import subprocess
+import sys
 
 import pytest
 
-from services.stack.topology import StackSettings, processes
+from services.stack.topology import (
+    REPO,
+    StackSettings,
+    busy_ports,
+    listening_ports,
+    process_env,
+    processes,
+)
 
 
 def test_the_gateway_is_wired_to_every_replica_and_no_two_processes_share_a_port():
@@ -20,6 +30,7 @@ def test_the_gateway_is_wired_to_every_replica_and_no_two_processes_share_a_port
         argv = process.argv
         ports += [int(argv[i + 1]) for i, a in enumerate(argv) if a.endswith("-port")]
     assert len(ports) == len(set(ports)), sorted(ports)
+    assert sorted(ports) == sorted(listening_ports(settings))
 
 
 def test_every_process_has_a_health_address_to_wait_on():
@@ -62,3 +73,39 @@ def test_a_killed_replica_is_respawned_and_any_other_exit_ends_it(tmp_path):
 
     assert done.returncode == 3
     assert runs.read_text().count("run") == 2
+
+
+def test_a_port_in_use_is_found_and_the_stack_refuses_to_start_on_it(tmp_path):
+    settings = StackSettings(
+        gateway_port=53951, features_port=53961, postprocess_port=53971, triton_port=53901, metrics_port=53964
+    )
+    assert busy_ports(settings) == []
+    with socket.socket() as taken:
+        taken.bind((settings.host, settings.features_port + 1))
+        taken.listen()
+        assert busy_ports(settings) == [settings.features_port + 1]
+        env = {
+            f"SCOREGRAPH_STACK_{k.upper()}": str(v)
+            for k, v in settings.model_dump().items()
+            if k.endswith("port")
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "services.stack", "up"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert str(settings.features_port + 1) in done.stderr and "in use" in done.stderr
+
+
+def test_loopback_never_goes_through_a_proxy(monkeypatch):
+    monkeypatch.setenv("no_proxy", "example.com")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    env = process_env(processes(StackSettings())[0])
+    for name in ("no_proxy", "NO_PROXY"):
+        hosts = env[name].split(",")
+        assert {"127.0.0.1", "localhost"} <= set(hosts)
+    assert "example.com" in env["no_proxy"].split(",")
