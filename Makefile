@@ -79,7 +79,8 @@ data/feast/materialized: data/features/transactions.parquet services/features/fe
 
 features: data/feast/materialized ## synthetic data, feature tables, feast apply + materialize (SQLite)
 
-$(MODEL): data/feast/materialized services/predict/training.py services/predict/triton_backend.py
+$(MODEL): data/feast/materialized services/predict/training.py services/predict/triton_backend.py \
+		services/predict/repository.py
 	$(PY) -m services.predict.training --version 1
 
 build: env protos features $(MODEL) ## build everything from nothing: environments, data, feature store, model

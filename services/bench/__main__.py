@@ -4,10 +4,14 @@
 
 Contenders, all on this machine, fed the same live transactions:
 - floors: Feast's in-process `get_online_features`, and a direct tritonclient call to Triton, one at a time;
-- the graph: Gateway.Score on the embedded stack (python -m services.stack up);
+- features: scoregraph's features service (GetFeatures on one replica) and Feast's own server (`feast serve`);
+- the graph: Gateway.Score on the embedded stack (python -m services.stack up), every call traced and exported
+  over OTLP to a receiver in a process of its own;
 - the monolith: validation, Feast, onnxruntime and the policy in one process (services.bench.monolith).
-Each contender is driven one call at a time (its latency floor), then open loop at rising rates until it
-saturates. The report (markdown + PNG) goes to results/bench-<time>/.
+Each is driven one call at a time (its latency floor), then open loop at rates that close in on its
+saturation. Then: the graph at half its saturation rate; hedging on and off with one slow features replica;
+the graph's saturation with tracing at 100 % sampling and, on a stack of its own, off. The report
+(markdown with issue #6's targets, and PNG plots) goes to results/bench-<time>/.
 """
 
 from __future__ import annotations
@@ -16,231 +20,222 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import grpc
-import numpy as np
 import psutil
-import tritonclient.grpc.aio as triton
-from rich.console import Console
-from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from services.bench.loadgen import RunResult, closed_loop, open_loop
+from services.bench.calls import features_call, score_call, triton_call
+from services.bench.feast_contenders import feast_sdk_call, feast_server_call, start_feast_server
+from services.bench.hedging import measure_hedging, measure_slow_replica
+from services.bench.inputs import BenchInputs, bench_inputs
+from services.bench.measure import SweepPlan, console, measure_contender, measure_floor, run_step
+from services.bench.processes import (
+    MONOLITH_PORT,
+    STACK_SLOTS,
+    Spawned,
+    running_stack,
+    stack_ports,
+    start_monolith,
+    start_together,
+)
 from services.bench.report import write_report
-from services.features.feature_service import contract_of, entity_frame, historical_matrix, open_store
-from services.stack.supervisor import wait_until_serving
-from services.stack.topology import REPO, StackSettings, processes
-from services.stack.traffic import load_live, score_request
+from services.bench.results import SLO_P99_MS, BenchResults, Contender
+from services.bench.tracing import (
+    RECEIVER_ENDPOINT,
+    TRACED,
+    measure_saturation,
+    measure_untraced,
+    spans_received,
+    start_receiver,
+    tracing_on,
+)
+from services.stack.topology import REPO
+from services.stack.traffic import load_live
 
-#: A contender sustains a rate when p99 stays under this and it completes what was offered.
-SLO_P99_MS = 50.0
-BENCH_PORTS = {
-    "GATEWAY_PORT": 58051,
-    "FEATURES_PORT": 58061,
-    "POSTPROCESS_PORT": 58071,
-    "TRITON_PORT": 58001,
-    "METRICS_PORT": 58464,
+#: Distinct transactions each contender cycles through (the Feast rows and vectors are built for these).
+DISTINCT_INPUTS = 500
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    sweep: SweepPlan
+    hedging_rate: float
+    """Open-loop rate of the hedging runs: moderate, so the slow replica, not queueing, sets the tail."""
+    hedging_s: float
+    saturation_s: float
+    saturation_concurrency: int = 16
+
+
+#: The default run stays within 10 minutes on two cores, --quick within about 3: each starts three stacks
+#: (15-20 s apiece when the machine is otherwise idle), a second gateway, the monolith and `feast serve`.
+PLANS = {
+    "default": BenchPlan(
+        SweepPlan(step_s=5.0, floor_calls=1000, warmup_calls=200, factor=1.6, resolution=1.25, max_steps=8),
+        hedging_rate=50,
+        hedging_s=24.0,
+        saturation_s=10.0,
+    ),
+    "quick": BenchPlan(
+        SweepPlan(step_s=1.5, floor_calls=200, warmup_calls=50, factor=2.0, resolution=2.0, max_steps=4),
+        hedging_rate=50,
+        hedging_s=6.0,
+        saturation_s=3.0,
+    ),
 }
-MONOLITH_PORT = 58091
+#: Order of the summary table: the floors, the feature servers, then the whole graph beside the monolith.
+ORDER = ("feast_floor", "triton_floor", "features_service", "feast_server", "graph", "monolith")
 
-console = Console()
 
+class Progress:
+    """Prints each phase with the time since the process started (imports included: they take a while),
+    so a slow phase shows where it happens."""
 
-@dataclass
-class Contender:
-    name: str
-    floor: RunResult | None = None
-    steps: list[tuple[RunResult, float]] = field(default_factory=list)
-    """Open-loop runs, each with the contender's CPU seconds per 1000 requests."""
+    def __init__(self) -> None:
+        self.started = psutil.Process().create_time()
 
     @property
-    def max_sustained_rate(self) -> float:
-        ok = [r.offered_rate for r, _ in self.steps if sustained(r)]
-        return max(ok, default=0.0)
+    def elapsed_s(self) -> float:
+        return time.time() - self.started
+
+    def __call__(self, phase: str) -> None:
+        console.rule(f"[{self.elapsed_s:5.0f} s] {phase}", align="left", characters="-")
 
 
-def sustained(run: RunResult) -> bool:
-    # Latency counts from each request's intended send time, so falling behind the offered rate shows in p99.
-    return run.errors == 0 and run.dropped == 0 and run.percentile_ms(99) <= SLO_P99_MS
-
-
-def cpu_seconds(root: psutil.Process) -> float:
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-class Spawned:
-    """A contender's processes, started in their own session and stopped as a group."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        # Open for the processes' whole life, closed in stop().
-        self._log = open(log, "w")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+async def measure_graph_stack(
+    out: Path,
+    plan: BenchPlan,
+    inputs: BenchInputs,
+    results: BenchResults,
+    progress: Progress,
+    receiver: Spawned,
+) -> None:
+    """Everything measured on the graph's stack, traced to `receiver`: Triton's floor, the healthy hedging
+    run, the graph's sweep and half-load run, its saturation, and one features replica on its own."""
+    requests = inputs.score_requests
+    progress("graph stack: starting")
+    traced = tracing_on(RECEIVER_ENDPOINT)
+    with running_stack(out / "stack-graph.log", traced, stack_ports(STACK_SLOTS["graph"])) as stack:
+        progress("graph stack: Triton floor")
+        async with triton_call(stack.address("triton-0"), inputs.vectors) as call:
+            floor = await measure_floor("Triton", call, plan.sweep)
+        results.contenders.append(
+            Contender("triton_floor", "floor: Triton ModelInfer (tritonclient, direct)", floor)
         )
-        self.tree = psutil.Process(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self._log.close()
-
-
-async def sweep(contender: Contender, call, tree: psutil.Process, rates: list[float], step_s: float) -> None:
-    for rate in rates:
-        before = cpu_seconds(tree)
-        run = await open_loop(call, rate, step_s)
-        cpu = (cpu_seconds(tree) - before) / max(run.ok, 1) * 1000
-        contender.steps.append((run, cpu))
-        console.log(
-            f"{contender.name}: {rate:.0f}/s -> p50 {run.percentile_ms(50):.2f} ms, "
-            f"p99 {run.percentile_ms(99):.2f} ms, {run.achieved_rate:.0f}/s done, {run.errors} errors"
+        # Before the sweep, as on the slow stack: the hedging delay follows recent latency, which a sweep
+        # to saturation would leave high.
+        progress("graph stack: hedging, healthy")
+        results.hedging["healthy"] = await measure_hedging(
+            "healthy", stack.gateway, stack.gateway_metrics_url, requests, plan.hedging_rate, plan.hedging_s
         )
-        if run.achieved_rate < 0.8 * rate or run.percentile_ms(99) > 10 * SLO_P99_MS:
-            break
-
-
-async def gateway_contender(name: str, address: str, tree: psutil.Process, requests, rates, step_s, floor_n):
-    contender = Contender(name)
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-
-        async def call(i: int) -> gateway_pb2.ScoreResponse:
-            return await stub.Score(requests[i % len(requests)], timeout=5)
-
-        await closed_loop(call, 200)  # warm-up: connections, caches, the model's first batches
-        contender.floor = await closed_loop(call, floor_n)
-        console.log(
-            f"{name}: one at a time p50 {contender.floor.percentile_ms(50):.2f} ms, "
-            f"p99 {contender.floor.percentile_ms(99):.2f} ms"
-        )
-        await sweep(contender, call, tree, rates, step_s)
-    return contender
-
-
-async def feast_floor(requests_rows, n: int) -> Contender:
-    store = open_store()
-    service = store.get_feature_service("fraud_model_v1")
-    rows = requests_rows
-
-    async def call(i: int) -> None:
-        store.get_online_features(features=service, entity_rows=[rows[i % len(rows)]])
-
-    await closed_loop(call, 100)
-    return Contender("floor: Feast get_online_features (in process)", floor=await closed_loop(call, n))
-
-
-async def triton_floor(address: str, vectors: np.ndarray, n: int) -> Contender:
-    client = triton.InferenceServerClient(address)
-    try:
-
-        async def call(i: int) -> None:
-            tensor = triton.InferInput("features", [1, vectors.shape[1]], "FP32")
-            tensor.set_data_from_numpy(vectors[i % len(vectors)][None, :])
-            await client.infer("fraud_mlp", [tensor], outputs=[triton.InferRequestedOutput("score")])
-
-        await closed_loop(call, 100)
-        return Contender("floor: Triton ModelInfer (tritonclient, direct)", floor=await closed_loop(call, n))
-    finally:
-        await client.close()
-
-
-def feature_inputs(live, n: int):
-    """Online entity rows and the matching model vectors for the same transactions."""
-    from services.features.aggregates import with_entity_keys
-    from services.features.keys import DEV_CARD_KEY
-
-    tx = with_entity_keys(live.head(n), DEV_CARD_KEY)
-    entities = entity_frame(tx).drop(columns=["event_timestamp", "transaction_id"])
-    store = open_store()
-    vectors = historical_matrix(store, tx, contract_of(store, "fraud_model_v1")).to_numpy(dtype=np.float32)
-    return entities.to_dict("records"), vectors
-
-
-async def main_async(quick: bool) -> Path:
-    out = REPO / "results" / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    out.mkdir(parents=True)
-    live = load_live()
-    requests = [score_request(row) for row in live.itertuples(index=False)]
-    rates = [50, 100, 200, 300] if quick else [50, 100, 200, 300, 400, 500, 650, 800, 1000, 1200, 1500]
-    step_s, floor_n = (3.0, 300) if quick else (6.0, 1000)
-    contenders: list[Contender] = []
-
-    entity_rows, vectors = feature_inputs(live, 500)
-    contenders.append(await feast_floor(entity_rows, floor_n))
-
-    settings = StackSettings(**{k.lower(): v for k, v in BENCH_PORTS.items()})
-    stack_env = {f"SCOREGRAPH_STACK_{k}": str(v) for k, v in BENCH_PORTS.items()}
-    stack = Spawned([sys.executable, "-m", "services.stack", "up"], stack_env, out / "stack.log")
-    try:
-        if wait_until_serving([p.health_address for p in processes(settings)], settings.ready_timeout_s):
-            raise RuntimeError(f"the stack did not come up; see {out / 'stack.log'}")
-        contenders.append(await triton_floor(f"{settings.host}:{settings.triton_port}", vectors, floor_n))
-        gateway = f"{settings.host}:{settings.gateway_port}"
-        contenders.append(
-            await gateway_contender(
-                "scoregraph graph (Gateway.Score)", gateway, stack.tree, requests, rates, step_s, floor_n
+        progress("graph stack: Gateway.Score")
+        async with score_call(stack.gateway, requests) as call:
+            graph = await measure_contender(
+                "graph", "scoregraph graph (Gateway.Score)", call, stack.tree, plan.sweep
             )
+            results.contenders.append(graph)
+            if graph.max_sustained_rate:
+                rate = round(graph.max_sustained_rate / 2)
+                progress(f"graph stack: Gateway.Score at half its max sustained rate, {rate}/s")
+                results.half_load = await run_step(call, stack.tree, rate, plan.sweep.step_s)
+        progress("graph stack: saturation, tracing on")
+        results.tracing["on"] = await measure_saturation(
+            TRACED, stack.gateway, requests, plan.saturation_s, plan.saturation_concurrency, receiver
         )
-    finally:
-        stack.stop()
-
-    monolith = Spawned(
-        [sys.executable, "-m", "services.bench.monolith"],
-        {"SCOREGRAPH_MONOLITH_PORT": str(MONOLITH_PORT)},
-        out / "monolith.log",
-    )
-    try:
-        if wait_until_serving([f"127.0.0.1:{MONOLITH_PORT}"], 120):
-            raise RuntimeError(f"the monolith did not come up; see {out / 'monolith.log'}")
-        contenders.append(
-            await gateway_contender(
-                "monolith (one process)",
-                f"127.0.0.1:{MONOLITH_PORT}",
-                monolith.tree,
-                requests,
-                rates,
-                step_s,
-                floor_n,
+        progress("graph stack: features service (features-0 alone)")
+        async with features_call(stack.address("features-0"), inputs.feature_requests) as call:
+            results.contenders.append(
+                await measure_contender(
+                    "features_service",
+                    "scoregraph features service (GetFeatures, 1 replica)",
+                    call,
+                    stack.process_of("features-0"),
+                    plan.sweep,
+                )
             )
-        )
+
+
+async def measure_monolith_and_feast_server(
+    out: Path, plan: BenchPlan, inputs: BenchInputs, results: BenchResults, progress: Progress
+) -> None:
+    """The two one-process contenders, started together and measured one after the other (the other
+    idles)."""
+    progress("monolith and feast serve: starting")
+    monolith, feast = await start_together(lambda: start_monolith(out), lambda: start_feast_server(out))
+    try:
+        progress("monolith")
+        async with score_call(f"127.0.0.1:{MONOLITH_PORT}", inputs.score_requests) as call:
+            results.contenders.append(
+                await measure_contender("monolith", "monolith (one process)", call, monolith.tree, plan.sweep)
+            )
+        monolith.stop()
+        progress("feast serve")
+        async with feast_server_call(inputs.feast_bodies) as call:
+            results.contenders.append(
+                await measure_contender(
+                    "feast_server", "Feast feature server (feast serve, HTTP)", call, feast.tree, plan.sweep
+                )
+            )
     finally:
         monolith.stop()
+        feast.stop()
 
-    machine = {
+
+async def run_bench(out: Path, plan: BenchPlan, progress: Progress) -> BenchResults:
+    progress("inputs: live transactions, Feast rows, model vectors")
+    inputs = bench_inputs(load_live(), DISTINCT_INPUTS)
+    requests = inputs.score_requests
+    results = BenchResults([])
+
+    progress("Feast in process: floor")
+    async with feast_sdk_call(inputs.entity_rows) as call:
+        floor = await measure_floor("Feast SDK", call, plan.sweep)
+    results.contenders.append(
+        Contender("feast_floor", "floor: Feast get_online_features (in process)", floor)
+    )
+
+    progress("OTLP receiver (its own process): starting")
+    receiver = start_receiver(out)
+    try:
+        await measure_graph_stack(out, plan, inputs, results, progress, receiver)
+        progress("stack with a slow features replica: hedging off, then on")
+        results.hedging.update(
+            await measure_slow_replica(
+                out, requests, plan.hedging_rate, plan.hedging_s, tracing_on(RECEIVER_ENDPOINT)
+            )
+        )
+    finally:
+        receiver.stop()
+    results.tracing["on"].spans_by_service = spans_received(receiver)
+
+    progress("untraced stack: saturation, tracing off")
+    results.tracing["off"] = await measure_untraced(
+        out, requests, plan.saturation_s, plan.saturation_concurrency
+    )
+
+    await measure_monolith_and_feast_server(out, plan, inputs, results, progress)
+    results.contenders.sort(key=lambda c: ORDER.index(c.key))
+    return results
+
+
+def machine(mode: str, plan: BenchPlan, duration_s: float) -> dict:
+    return {
         "cpu": platform.processor() or _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {
-            pkg: metadata.version(pkg) for pkg in ("grpcio", "feast", "tritonclient", "onnxruntime")
+            pkg: metadata.version(pkg)
+            for pkg in ("grpcio", "feast", "tritonclient", "onnxruntime", "aiohttp")
         },
         "tritonserver": "2.51.0 (nvidia-pytriton 0.7.0 wheel, CPU, Python backend)",
+        "mode": mode,
+        "duration_s": duration_s,
+        "saturation_concurrency": plan.saturation_concurrency,
         "slo_p99_ms": SLO_P99_MS,
     }
-    write_report(out, contenders, machine)
-    return out
 
 
 def _cpu_model() -> str:
@@ -254,10 +249,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter steps (a smoke run)")
     args = parser.parse_args()
-    started = time.monotonic()
-    out = asyncio.run(main_async(args.quick))
-    console.print((out / "report.md").read_text())
-    console.print(f"report and plots in {out.relative_to(REPO)} ({time.monotonic() - started:.0f} s)")
+    mode = "quick" if args.quick else "default"
+    plan = PLANS[mode]
+    out = REPO / "results" / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True)
+    progress = Progress()
+    results = asyncio.run(run_bench(out, plan, progress))
+    progress("report")
+    write_report(out, results, machine(mode, plan, progress.elapsed_s))
+    print((out / "report.md").read_text())
+    print(f"report and plots in {out.relative_to(REPO)} ({progress.elapsed_s:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from hdrh.histogram import HdrHistogram
 #: One minute in microseconds: a request slower than that is recorded as a minute.
 MAX_LATENCY_US = 60_000_000
 
+Call = Callable[[int], Awaitable[object]]
+"""Sends request number i and waits for its answer; an exception counts as an error."""
+
 
 @dataclass
 class RunResult:
@@ -40,7 +43,7 @@ class RunResult:
 
 
 async def open_loop(
-    call: Callable[[int], Awaitable[object]],
+    call: Call,
     rate: float,
     duration_s: float,
     *,
@@ -82,20 +85,40 @@ async def open_loop(
     return result
 
 
-async def closed_loop(call: Callable[[int], Awaitable[object]], count: int) -> RunResult:
-    """One call at a time: the latency floor with nothing queued."""
+async def closed_loop(
+    call: Call,
+    count: int | None = None,
+    *,
+    seconds: float | None = None,
+    concurrency: int = 1,
+) -> RunResult:
+    """`concurrency` callers, each sending its next call as soon as its last one is answered, until `count`
+    calls in all or `seconds` have passed. One caller measures the latency floor, with nothing queued; many
+    measure the throughput at saturation, which an open loop can only bracket between two rates."""
+    if count is None and seconds is None:
+        raise ValueError("closed_loop needs a count or a duration")
     result = RunResult(0.0, 0.0)
     start = time.perf_counter()
-    for i in range(count):
-        sent = time.perf_counter()
-        try:
-            await call(i)
-        except Exception:
-            result.errors += 1
-            continue
-        result.histogram.record_value(max(int((time.perf_counter() - sent) * 1e6), 1))
-        result.ok += 1
-    result.sent = count
+    stop_at = start + seconds if seconds is not None else float("inf")
+    next_call = 0
+
+    async def caller() -> None:
+        nonlocal next_call
+        while (count is None or next_call < count) and time.perf_counter() < stop_at:
+            i, next_call = next_call, next_call + 1
+            sent = time.perf_counter()
+            try:
+                await call(i)
+            except Exception:
+                result.errors += 1
+                continue
+            result.histogram.record_value(
+                min(max(int((time.perf_counter() - sent) * 1e6), 1), MAX_LATENCY_US)
+            )
+            result.ok += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    result.sent = next_call
     result.duration_s = time.perf_counter() - start
     result.offered_rate = result.ok / result.duration_s
     return result

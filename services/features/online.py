@@ -43,6 +43,7 @@ _tracer = trace.get_tracer(__name__)
 _MISSING_AGE_MS = -1
 # Resolved once: each FieldStatus.X goes through protobuf's enum wrapper, a cost that shows per feature.
 _ABSENT = frozenset({FieldStatus.NOT_FOUND, FieldStatus.NULL_VALUE})
+_PRESENT = FieldStatus.PRESENT
 
 
 class FeatureStatus(enum.Enum):
@@ -374,12 +375,12 @@ class OnlineFeatures:
             stored[source.view.name] = values or {}
             observed_ms = _unix_ms(observed) if observed else 0
             for name, value in (values or {}).items():
-                columns[name] = Column(FieldStatus.PRESENT, value, observed_ms)
+                columns[name] = Column(_PRESENT, value, observed_ms)
         for odfv in served.on_demand:
             inputs = {name: [value] for name, value in row.items()}
             inputs.update({feature: [_python(stored[view].get(feature))] for view, feature in odfv.sources})
             for name, values in odfv.transform(inputs).items():
-                columns[name] = Column(FieldStatus.PRESENT, _as_value(values[0]))
+                columns[name] = Column(_PRESENT, _as_value(values[0]))
         return {name: columns.get(name, _NOT_FOUND) for name in served.contract.feature_names}
 
     def warm_up(self) -> None:

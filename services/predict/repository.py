@@ -22,8 +22,11 @@ GPU_REPOSITORY = Path(__file__).parent / "model_repository_gpu"
 BACKEND_SOURCE = Path(__file__).parent / "triton_backend.py"
 
 MAX_BATCH_SIZE = 256
-# Scoring is latency-bound: wait at most this long for other requests to share a batch.
-MAX_QUEUE_DELAY_US = 500
+# How long a request waits for others to share its batch. On CPU, none: an idle instance runs a request at
+# once (waiting 500 us cost 0.65 ms of p50 at one call in flight), and under load the requests that queue
+# while it computes still form the next batch. A GPU gains more from fuller batches.
+CPU_QUEUE_DELAY_US = 0
+GPU_QUEUE_DELAY_US = 500
 
 
 def write_repositories(
@@ -44,14 +47,14 @@ def write_repositories(
 
 
 def cpu_config(served: ServingModel) -> mc.ModelConfig:
-    config = _base_config(served)
+    config = _base_config(served, queue_delay_us=CPU_QUEUE_DELAY_US)
     config.backend = "python"
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     return config
 
 
 def gpu_config(served: ServingModel) -> mc.ModelConfig:
-    config = _base_config(served)
+    config = _base_config(served, queue_delay_us=GPU_QUEUE_DELAY_US)
     config.platform = "onnxruntime_onnx"
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
     tensorrt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -61,12 +64,13 @@ def gpu_config(served: ServingModel) -> mc.ModelConfig:
     return config
 
 
-def _base_config(served: ServingModel) -> mc.ModelConfig:
+def _base_config(served: ServingModel, *, queue_delay_us: int) -> mc.ModelConfig:
     contract = served.contract
     config = mc.ModelConfig(name=served.name, max_batch_size=MAX_BATCH_SIZE)
     config.input.add(name=INPUT_TENSOR, data_type=mc.TYPE_FP32, dims=[contract.width])
     config.output.add(name=OUTPUT_TENSOR, data_type=mc.TYPE_FP32, dims=[1])
-    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    config.dynamic_batching.SetInParent()
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     for key, value in contract.as_parameters().items():
         config.parameters[key].string_value = value
     return config

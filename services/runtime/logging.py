@@ -88,8 +88,30 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
     return event_dict
 
 
+class _CurrentStream:
+    """Where scoregraph's own log lines go: the stream of the latest `configure_logging`. Loggers bound
+    before a reconfiguration (structlog caches them on first use) follow it too."""
+
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stdout
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+_OUTPUT = _CurrentStream()
+
+
 def configure_logging(level: str, *, service: str, stream: TextIO = sys.stdout) -> None:
-    """Send structlog and standard-library logging (grpc, feast, ...) through one JSON renderer."""
+    """One JSON renderer for structlog and standard-library logging (grpc, feast, ...).
+
+    scoregraph's own lines (one per request per service) take structlog's native path straight to the
+    stream, about a third of the cost of going through the standard library's records and handlers;
+    other libraries' lines go through `logging` and the same processors.
+    """
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -101,32 +123,29 @@ def configure_logging(level: str, *, service: str, stream: TextIO = sys.stdout) 
         event_dict["service"] = service
         return event_dict
 
+    rendering: list[Processor] = [
+        add_service,
+        # Locals would put request objects, card numbers among them, into the log.
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+        redact_card_numbers,
+        # After redaction: a hex trace id can contain a long run of decimal digits.
+        add_trace_context,
+        structlog.processors.JSONRenderer(),
+    ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            add_service,
-            # Locals would put request objects, card numbers among them, into the log.
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            redact_card_numbers,
-            # After redaction: a hex trace id can contain a long run of decimal digits.
-            add_trace_context,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
 
+    _OUTPUT.stream = stream
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *rendering],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.WriteLoggerFactory(file=_OUTPUT),
         cache_logger_on_first_use=True,
     )

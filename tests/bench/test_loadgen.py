@@ -36,3 +36,21 @@ async def test_errors_are_counted_not_raised():
 
     result = await closed_loop(failing, 10)
     assert (result.ok, result.errors) == (5, 5)
+
+
+async def test_closed_loop_for_a_duration_keeps_concurrency_calls_in_flight():
+    in_flight = 0
+    most = 0
+
+    async def call(_: int) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+
+    result = await closed_loop(call, seconds=0.2, concurrency=4)
+
+    assert most == 4
+    assert result.ok == result.sent > 4
+    assert result.offered_rate == result.achieved_rate

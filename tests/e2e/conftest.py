@@ -15,6 +15,7 @@ import grpc
 import pandas as pd
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from scoregraph.gateway.v1 import gateway_pb2_grpc
 
 from services.stack.supervisor import wait_until_serving
@@ -111,3 +112,13 @@ def gateway(stack) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
 @pytest.fixture(scope="session")
 def live() -> pd.DataFrame:
     return load_live()
+
+
+def samples(page: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` on a Prometheus page whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

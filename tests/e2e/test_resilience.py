@@ -9,28 +9,27 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
 import grpc
-import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.stack.bench_hedging import (
-    SLOW_FEATURES_REPLICA,
     LocalStack,
     counter,
     drive,
     gateway_counters,
     hop_summary,
-    metrics_counters,
     running,
     stack_ports,
 )
 from services.stack.topology import processes
 from services.stack.traffic import score_request
+from tests.e2e.conftest import samples
 
 pytestmark = pytest.mark.e2e
 
@@ -41,20 +40,6 @@ ONE_TRITON = {"SCOREGRAPH_STACK_TRITON_REPLICAS": "1"}
 @pytest.fixture(scope="module")
 def requests(live) -> list[gateway_pb2.ScoreRequest]:
     return [score_request(row) for row in live.sample(600, random_state=17).itertuples(index=False)]
-
-
-def replica_process(stack: LocalStack, name: str) -> psutil.Process:
-    """The service process (not its respawning shell) of replica `name`, found by the port it listens on."""
-    port = int(next(p for p in processes(stack.settings) if p.name == name).health_address.rpartition(":")[2])
-    for child in psutil.Process(stack.process.pid).children(recursive=True):
-        try:
-            if any(
-                c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in child.net_connections("tcp")
-            ):
-                return child
-        except psutil.NoSuchProcess:
-            continue
-    raise LookupError(f"no process listens on {name}'s port {port}")
 
 
 def health(address: str) -> int | None:
@@ -94,12 +79,17 @@ class Load:
         self._thread.join(timeout=60)
 
 
-# --- one slow features replica (5 % of its calls 50 ms late); killed replicas come back ----------------
+# --- one slow features and one slow Triton replica (5 % of their calls 50 ms late); killed replicas come back
 
 
 @pytest.fixture(scope="module")
 def slow_replica_stack(tmp_path_factory) -> Iterator[LocalStack]:
-    env = {**ONE_TRITON, **SLOW_FEATURES_REPLICA, "SCOREGRAPH_STACK_RESPAWN_KILLED_REPLICAS": "true"}
+    env = {
+        "SCOREGRAPH_STACK_FAULTY_REPLICA": "features-1,triton-1",
+        "SCOREGRAPH_STACK_FAULT_DELAY_MS": "50",
+        "SCOREGRAPH_STACK_FAULT_DELAY_SHARE": "0.05",
+        "SCOREGRAPH_STACK_RESPAWN_KILLED_REPLICAS": "true",
+    }
     with running(tmp_path_factory.mktemp("slow") / "stack.log", env, stack_ports(54000)) as stack:
         yield stack
 
@@ -110,14 +100,16 @@ def test_a_slow_replica_is_hedged_around_within_the_budget(slow_replica_stack, r
 
     outcomes = drive(stack.gateway, requests[:400], concurrency=4, timeout_s=2.0)
 
-    features = hop_summary(before, gateway_counters(stack.gateway_metrics_url), "features")
+    after = gateway_counters(stack.gateway_metrics_url)
     assert Counter((o.code, o.degraded) for o in outcomes) == {("OK", False): 400}
-    assert features["calls"] == 400
-    assert features["hedges_sent"] > 0 and features["hedges_won"] > 0, features
-    assert features["cancelled"] > 0, features  # the losers
-    # The hedge budget: 0.1 per call, plus a burst of 10 (which may have filled up since the last run).
-    assert features["hedges_sent"] <= 0.1 * features["calls"] + 10, features
-    assert features["retries"] == 0, features
+    for hop in ("features", "predict"):
+        summary = hop_summary(before, after, hop)
+        assert summary["calls"] == 400, (hop, summary)
+        assert summary["hedges_sent"] > 0 and summary["hedges_won"] > 0, (hop, summary)
+        assert summary["cancelled"] > 0, (hop, summary)  # the losers
+        # The hedge budget: 0.1 per call, plus a burst of 10 (which may have filled up since the last run).
+        assert summary["hedges_sent"] <= 0.1 * summary["calls"] + 10, (hop, summary)
+        assert summary["retries"] == 0, (hop, summary)
 
 
 def test_a_one_millisecond_deadline_fails_fast_and_starts_no_hop(slow_replica_stack, requests):
@@ -134,10 +126,11 @@ def test_a_one_millisecond_deadline_fails_fast_and_starts_no_hop(slow_replica_st
         assert hop_summary(before, after, hop)["attempts"] == 0, hop
 
 
-def test_a_replica_killed_under_load_fails_no_call_and_rejoins(slow_replica_stack, requests):
+@pytest.mark.parametrize("replica", ["features-0", "triton-0"])
+def test_a_replica_killed_under_load_fails_no_call_and_rejoins(slow_replica_stack, requests, replica):
     stack = slow_replica_stack
-    victim = replica_process(stack, "features-0")
-    address = next(p.health_address for p in processes(stack.settings) if p.name == "features-0")
+    victim = stack.process_of(replica)
+    address = next(p.health_address for p in processes(stack.settings) if p.name == replica)
 
     with Load(stack, requests) as load:
         time.sleep(1.0)
@@ -148,68 +141,120 @@ def test_a_replica_killed_under_load_fails_no_call_and_rejoins(slow_replica_stac
     assert load.outcomes
     assert Counter((o.code, o.degraded) for o in load.outcomes) == {("OK", False): len(load.outcomes)}
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while health(address) != health_pb2.HealthCheckResponse.SERVING:
         assert time.monotonic() < deadline, "the killed replica did not come back"
         time.sleep(0.25)
-    assert replica_process(stack, "features-0").pid != victim.pid
-    # Back in the rotation: the gateway's calls reach it again (its own RPC counter, on its /metrics)
-    # once the gateway's channel has reconnected, within a second or two.
-    metrics_url = replica_metrics_url(stack, "features-0")
+    assert stack.process_of(replica).pid != victim.pid
+    # Back in the rotation: the gateway's calls reach it again (its own counter, on its /metrics) once the
+    # gateway's channel has reconnected, within a second or two.
     deadline = time.monotonic() + 20
-    while served_features(metrics_url) < 10:
+    while served(stack, replica) < 10:
         assert time.monotonic() < deadline, "the respawned replica gets no calls"
         drive(stack.gateway, requests[:20], concurrency=2, timeout_s=2.0)
 
 
-def served_features(metrics_url: str) -> float:
-    counters = metrics_counters(metrics_url)
-    return counter(counters, "scoregraph_rpc_server_requests_total", rpc_method="GetFeatures", grpc_code="OK")
+def served(stack: LocalStack, replica: str) -> float:
+    """Calls replica `replica` answered successfully since it (last) started, from its own /metrics."""
+    process = next(p for p in processes(stack.settings) if p.name == replica)
+    if replica.startswith("triton"):
+        port = int(process.health_address.rpartition(":")[2]) + 1
+        # prometheus_client names every counter sample `_total`, Triton's too.
+        name, labels = "nv_inference_request_success_total", {"model": "fraud_mlp"}
+    else:
+        port = int(next(v for k, v in process.env.items() if k.endswith("_METRICS_PORT")))
+        name, labels = "scoregraph_rpc_server_requests_total", {"grpc_code": "OK"}
+    with urllib.request.urlopen(f"http://{stack.settings.host}:{port}/metrics", timeout=5) as reply:
+        return samples(reply.read().decode(), name, **labels)
 
 
-def replica_metrics_url(stack: LocalStack, name: str) -> str:
-    process = next(p for p in processes(stack.settings) if p.name == name)
-    port = next(v for k, v in process.env.items() if k.endswith("_METRICS_PORT"))
-    return f"http://{stack.settings.host}:{port}/metrics"
+# --- SIGTERM to each kind of process under load: a stack each, since the supervisor then stops them all ----
 
 
-def test_sigterm_to_a_replica_under_load_loses_no_call(slow_replica_stack, requests):
-    # Last in the module: a replica that exits on SIGTERM makes the supervisor stop the whole stack.
-    stack = slow_replica_stack
-    victim = replica_process(stack, "features-0")
-    address = next(p.health_address for p in processes(stack.settings) if p.name == "features-0")
-    watched: list[int] = []
+@pytest.fixture
+def stack_to_stop(tmp_path) -> Iterator[LocalStack]:
+    with running(tmp_path / "stack.log", {}, stack_ports(57000)) as stack:
+        yield stack
 
-    def watch_health() -> None:
-        # A Watch stream sees NOT_SERVING while the server drains; a poll could fall between the two.
-        with grpc.insecure_channel(address) as channel:
-            stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+
+class HealthWatch:
+    """The health a process reports from now on, each change once: a Watch stream where the server has one
+    (it sees NOT_SERVING while the server drains, which a poll could miss), else Check polled every 20 ms
+    (Triton), where a failed check counts as its status code's name."""
+
+    def __init__(self, address: str) -> None:
+        self.statuses: list[int | str] = []
+        self._address = address
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self._address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            stream = stub.Watch(health_pb2.HealthCheckRequest(), timeout=60)
             try:
                 for reply in stream:
-                    watched.append(reply.status)
-                    if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    self._note(reply.status)
+                    if self._done.is_set():
                         stream.cancel()
-            except grpc.RpcError:
-                pass
+                return
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    return
+            while not self._done.wait(0.02):
+                try:
+                    self._note(stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status)
+                except grpc.RpcError as error:
+                    self._note(error.code().name)
 
-    watcher = threading.Thread(target=watch_health)
-    watcher.start()
-    with Load(stack, requests, timeout_s=5.0) as load:
+    def _note(self, status: int | str) -> None:
+        if not self.statuses or self.statuses[-1] != status:
+            self.statuses.append(status)
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            self._done.set()
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        deadline = time.monotonic() + 5
+        while not self.statuses and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("name", ["features-0", "postprocess-0", "triton-0", "gateway"])
+def test_sigterm_to_any_process_under_load_loses_no_call(stack_to_stop, requests, name):
+    stack = stack_to_stop
+    victim = stack.process_of(name)
+
+    with HealthWatch(stack.address(name)) as health_watch, Load(stack, requests, timeout_s=5.0) as load:
         time.sleep(1.0)
+        terminated = time.monotonic()
         victim.send_signal(signal.SIGTERM)
-        victim.wait(timeout=30)
+        victim.wait(timeout=40)
         exited = time.monotonic()
         time.sleep(0.5)
-    watcher.join(timeout=30)
 
-    assert watched[:1] == [health_pb2.HealthCheckResponse.SERVING]
-    assert health_pb2.HealthCheckResponse.NOT_SERVING in watched, watched
+    # Health turns first. tritonserver's own health check answers UNAVAILABLE ("Server exiting") once it is
+    # told to stop, rather than NOT_SERVING; a balancer reads either as "send no more".
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    draining = "UNAVAILABLE" if name.startswith("triton") else not_serving
+    assert health_watch.statuses[:2] == [serving, draining], health_watch.statuses
     # Every call sent has a definite outcome: an answer or a status code, none lost or left hanging. Once
     # the whole stack stops, calls are refused (UNAVAILABLE) or cut at the end of the gateway's own drain
     # (CANCELLED).
     assert len(load.outcomes) == load.sent
     codes = Counter(o.code for o in load.outcomes)
     assert set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes
+    if name == "gateway":
+        # Calls in flight when it was told to stop are answered; new ones are refused while it drains.
+        in_flight = [o for o in load.outcomes if o.finished_at - o.latency_s < terminated < o.finished_at]
+        assert "OK" in {o.code for o in in_flight}
+        assert {o.code for o in load.outcomes if o.finished_at < terminated} == {"OK"}
+        return
     # Until the replica had drained and exited (then the supervisor stops the whole stack), every call was
     # answered. While it drains, calls routed to it are refused and retried on the other replica; when the
     # retry budget (10% of calls) runs dry a few answer UNCERTAIN (degraded) instead: a definite answer still.

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from scoregraph.gateway.v1 import gateway_pb2_grpc
 
 from services.stack.collector import CollectedSpan
 from services.stack.traffic import score_request
+from tests.e2e.conftest import samples
 from tests.e2e.telemetry import (
     PYTHON_SERVICES,
     SCORE_SPAN,
@@ -154,16 +154,6 @@ def test_every_request_log_line_carries_its_trace(traced_stack, scored):
         assert scored_line["transaction_id"] == transaction_id and re.fullmatch(
             r"[0-9a-f]{16}", scored_line["span_id"]
         )
-
-
-def samples(page: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(page)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def test_every_service_counts_its_rpcs_and_the_gateway_its_hops_and_verdicts(traced_stack, scored):

@@ -5,7 +5,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from services.predict.contract import FeatureContract
-from services.predict.repository import write_repositories
+from services.predict.repository import CPU_QUEUE_DELAY_US, GPU_QUEUE_DELAY_US, write_repositories
 
 from .fraud_model import FEATURE_NAMES, FEATURE_SERVICE, MODEL_NAME
 
@@ -32,7 +32,9 @@ def test_cpu_and_gpu_repositories_serve_the_same_model_and_contract(model_onnx, 
         parameters = {key: value.string_value for key, value in config.parameters.items()}
         assert FeatureContract.from_parameters(parameters) == expected
         assert list(config.input[0].dims) == [len(FEATURE_NAMES)]
-        assert config.dynamic_batching.max_queue_delay_microseconds > 0
+        assert config.HasField("dynamic_batching")
+    assert cpu.dynamic_batching.max_queue_delay_microseconds == CPU_QUEUE_DELAY_US
+    assert gpu.dynamic_batching.max_queue_delay_microseconds == GPU_QUEUE_DELAY_US > 0
     hashes = {_sha256(root / MODEL_NAME / "3" / "model.onnx") for root in (cpu_root, gpu_root)}
     assert hashes == {_sha256(model_onnx)}
     assert (cpu_root / MODEL_NAME / "3" / "model.py").is_file()

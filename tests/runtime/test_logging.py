@@ -4,6 +4,7 @@ import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
+from services.runtime.logging import configure_logging
 from tests.runtime.conftest import LogCapture
 
 TEST_PAN = "4111111111111111"
@@ -27,12 +28,14 @@ def test_every_line_is_json_with_the_common_keys(json_logs: LogCapture) -> None:
     assert foreign["level"] == "warning"
 
 
-def test_level_filters(json_logs: LogCapture) -> None:
-    logging.getLogger().setLevel("INFO")
+def test_the_configured_level_filters_both_paths(json_logs: LogCapture) -> None:
+    configure_logging("info", service="test-service", stream=json_logs.stream)
 
     structlog.get_logger().debug("noise")
+    logging.getLogger("grpc.test").debug("noise")
+    structlog.get_logger().info("signal")
 
-    assert json_logs.text == ""
+    assert [record["event"] for record in json_logs.records()] == ["signal"]
 
 
 def test_lines_carry_the_current_span_ids(json_logs: LogCapture) -> None:

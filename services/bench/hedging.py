@@ -1,0 +1,139 @@
+"""Hedging with one slow replica: Gateway.Score at a fixed open-loop rate, healthy, slow without hedging and
+slow with it, and the extra features requests hedging cost, from the gateway's own Prometheus counters.
+
+The slow replica is `features-1` delaying 5 % of its calls by 50 ms: with two replicas taken in turn, 2.5 % of
+calls are slow, enough to set an unhedged p99 and nowhere near the median. Both slow runs share one stack: its
+own gateway hedges, a second gateway on the same replicas does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from scoregraph.gateway.v1 import gateway_pb2
+
+from services.bench.calls import score_call
+from services.bench.loadgen import open_loop
+from services.bench.measure import console
+from services.bench.processes import STACK_SLOTS, local_get, running_stack, stack_ports
+from services.bench.results import HedgingRun
+from services.bench.tracing import TRACING_OFF
+
+SLOW_FEATURES_REPLICA = {
+    "SCOREGRAPH_STACK_FAULTY_REPLICA": "features-1",
+    "SCOREGRAPH_STACK_FAULT_DELAY_MS": "50",
+    "SCOREGRAPH_STACK_FAULT_DELAY_SHARE": "0.05",
+}
+FEATURES_HEDGING_OFF = {"SCOREGRAPH_GATEWAY_FEATURES_HEDGING": "false"}
+
+#: What the report calls each run.
+RUN_NAMES = {
+    "healthy": "healthy",
+    "slow-unhedged": "slow replica, no hedging",
+    "slow-hedged": "slow replica, hedging",
+}
+
+Counters = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metrics_counters(url: str) -> Counters:
+    """Every counter sample of a service's /metrics, by name and labels."""
+    text = local_get(url).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.type == "counter"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def counter(counters: Counters, name: str, **labels: str) -> float:
+    """Sum of `name`'s samples whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(value for (sample, keys), value in counters.items() if sample == name and wanted <= set(keys))
+
+
+def hop_summary(before: Counters, after: Counters, hop: str) -> dict[str, float]:
+    """What the gateway's calls to `hop` did between two readings of its counters."""
+
+    def delta(name: str, **labels: str) -> float:
+        return counter(after, name, hop=hop, **labels) - counter(before, name, hop=hop, **labels)
+
+    calls = delta("scoregraph_hop_calls_total")
+    attempts = delta("scoregraph_hop_attempts_total")
+    return {
+        "calls": calls,
+        "attempts": attempts,
+        "extra_ratio": (attempts - calls) / calls if calls else 0.0,
+        "hedges_sent": delta("scoregraph_hedges_sent_total"),
+        "hedges_won": delta("scoregraph_hedges_won_total"),
+        "cancelled": delta("scoregraph_hop_attempts_total", outcome="cancelled"),
+        "budget_exhausted": delta("scoregraph_hedge_budget_exhausted_total"),
+        "retries": delta("scoregraph_retries_total"),
+    }
+
+
+async def measure_hedging(
+    key: str,
+    gateway: str,
+    metrics_url: str,
+    requests: list[gateway_pb2.ScoreRequest],
+    rate: float,
+    seconds: float,
+) -> HedgingRun:
+    """Open loop at `rate` for `seconds` after a warm-up as long as a quarter of it, long enough for the
+    hedging delay to adapt to the stack's latency."""
+    name = RUN_NAMES[key]
+    async with score_call(gateway, requests) as call:
+        await open_loop(call, rate, max(seconds / 4, 2.0))
+        before = metrics_counters(metrics_url)
+        run = await open_loop(call, rate, seconds)
+        after = metrics_counters(metrics_url)
+    features = hop_summary(before, after, "features")
+    result = HedgingRun(
+        name, run, features["calls"], features["attempts"], features["hedges_sent"], features["hedges_won"]
+    )
+    console.log(
+        f"hedging, {name}: {rate:.0f}/s -> p50 {run.percentile_ms(50):.2f} ms, "
+        f"p99 {run.percentile_ms(99):.2f} ms, p999 {run.percentile_ms(99.9):.2f} ms, "
+        f"extra features requests {result.extra_ratio:.1%}, {run.errors} errors"
+    )
+    return result
+
+
+async def measure_slow_replica(
+    out: Path,
+    requests: list[gateway_pb2.ScoreRequest],
+    rate: float,
+    seconds: float,
+    tracing: Mapping[str, str] = TRACING_OFF,
+) -> dict[str, HedgingRun]:
+    """`slow-unhedged` and `slow-hedged` on one stack whose `features-1` is slow (a fault is set when a
+    stack starts), traced as `tracing` says: the stack's gateway hedges, a second one started beside it
+    does not."""
+    first = STACK_SLOTS["slow"]
+    with running_stack(
+        out / "stack-slow.log", {**tracing, **SLOW_FEATURES_REPLICA}, stack_ports(first)
+    ) as stack:
+        port, metrics_port = first + 52, first + 469
+        unhedged = stack.start_gateway(port, metrics_port, FEATURES_HEDGING_OFF, out / "gateway-unhedged.log")
+        try:
+            runs = {
+                "slow-unhedged": await measure_hedging(
+                    "slow-unhedged",
+                    f"{stack.settings.host}:{port}",
+                    f"http://{stack.settings.host}:{metrics_port}/metrics",
+                    requests,
+                    rate,
+                    seconds,
+                )
+            }
+        finally:
+            unhedged.stop()
+        runs["slow-hedged"] = await measure_hedging(
+            "slow-hedged", stack.gateway, stack.gateway_metrics_url, requests, rate, seconds
+        )
+    return runs

@@ -1,0 +1,97 @@
+"""What one `make bench` run measured, as plain data: the report and the targets read only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.bench.loadgen import RunResult
+
+#: A contender sustains a rate when p99 stays under this and it completes what was offered.
+SLO_P99_MS = 50.0
+
+
+def sustained(run: RunResult) -> bool:
+    # Latency counts from each request's intended send time, so falling behind the offered rate shows in p99.
+    return run.errors == 0 and run.dropped == 0 and run.percentile_ms(99) <= SLO_P99_MS
+
+
+@dataclass
+class Step:
+    """One open-loop run at a fixed rate, with the server's CPU seconds per 1000 requests answered."""
+
+    run: RunResult
+    cpu_per_1000: float
+
+
+@dataclass
+class Contender:
+    key: str
+    """Stable name the targets look the contender up by: `graph`, `monolith`, `feast_floor`..."""
+    name: str
+    floor: RunResult | None = None
+    """One call at a time: the latency with nothing queued."""
+    steps: list[Step] = field(default_factory=list)
+    """Open-loop runs at the rates the sweep chose, slowest first."""
+
+    @property
+    def max_sustained_rate(self) -> float:
+        return max((s.run.offered_rate for s in self.steps if sustained(s.run)), default=0.0)
+
+    @property
+    def saturated(self) -> bool:
+        """Some rate was not sustained: the max sustained rate is the contender's, not the sweep's top."""
+        return any(not sustained(s.run) for s in self.steps)
+
+    @property
+    def cpu_at_max_rate(self) -> float | None:
+        rate = self.max_sustained_rate
+        return next((s.cpu_per_1000 for s in self.steps if s.run.offered_rate == rate), None)
+
+
+@dataclass
+class HedgingRun:
+    """Gateway.Score at a fixed open-loop rate, with the features hop's attempts (gateway's counters)."""
+
+    name: str
+    run: RunResult
+    calls: float
+    """Features hop calls the gateway made (one per Score call that reached the hop)."""
+    attempts: float
+    """Requests it sent for them: first requests, hedges and retries."""
+    hedges_sent: float = 0.0
+    hedges_won: float = 0.0
+
+    @property
+    def extra_ratio(self) -> float:
+        """Features requests beyond one per call, per call."""
+        return (self.attempts - self.calls) / self.calls if self.calls else 0.0
+
+
+@dataclass
+class TracingRun:
+    """Gateway.Score at saturation (closed loop, many calls in flight) with tracing on or off."""
+
+    name: str
+    run: RunResult
+    receiver_cpu_per_1000: float | None = None
+    """CPU of the trace receiver (its own process) per 1000 calls; None when there is none."""
+    spans_by_service: dict[str, int] = field(default_factory=dict)
+    """Spans the receiver got from each service over the traced stack's life."""
+
+    @property
+    def rate(self) -> float:
+        return self.run.achieved_rate
+
+
+@dataclass
+class BenchResults:
+    contenders: list[Contender]
+    half_load: Step | None = None
+    """The graph at half its max sustained rate."""
+    hedging: dict[str, HedgingRun] = field(default_factory=dict)
+    """By `healthy`, `slow-unhedged`, `slow-hedged`."""
+    tracing: dict[str, TracingRun] = field(default_factory=dict)
+    """By `off`, `on`."""
+
+    def contender(self, key: str) -> Contender | None:
+        return next((c for c in self.contenders if c.key == key), None)

@@ -1,0 +1,103 @@
+"""The benchmark's figures as markdown tables, for the report and for the commands that print a part of it."""
+
+from __future__ import annotations
+
+from services.bench.results import SLO_P99_MS, BenchResults, Contender
+from services.bench.targets import evaluate
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _rate(contender: Contender) -> str:
+    if not contender.steps:
+        return "- (floor only)"
+    # Never pushed past its sustained rates: what it can do is at least this.
+    bound = "" if contender.saturated else ">= "
+    return f"{bound}{contender.max_sustained_rate:.0f}"
+
+
+def summary_table(contenders: list[Contender]) -> str:
+    rows = [
+        "| contender | p50 ms (1 in flight) | p99 ms | p999 ms "
+        f"| max sustained rate/s (p99 <= {SLO_P99_MS:.0f} ms) | CPU s per 1000 req (at that rate) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in contenders:
+        f = c.floor
+        cpu = c.cpu_at_max_rate
+        latency = " | ".join(_ms(f.percentile_ms(p)) for p in (50, 99, 99.9)) if f else "- | - | -"
+        rows.append(f"| {c.name} | {latency} | {_rate(c)} | {'-' if cpu is None else f'{cpu:.2f}'} |")
+    return "\n".join(rows)
+
+
+def steps_table(contenders: list[Contender]) -> str:
+    rows = [
+        "| contender | offered/s | done/s | p50 ms | p99 ms | p999 ms | max ms | errors | CPU s/1000 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in contenders:
+        for step in c.steps:
+            run = step.run
+            rows.append(
+                f"| {c.name} | {run.offered_rate:.0f} | {run.achieved_rate:.0f} "
+                f"| {_ms(run.percentile_ms(50))} | {_ms(run.percentile_ms(99))} "
+                f"| {_ms(run.percentile_ms(99.9))} | {_ms(run.max_ms)} "
+                f"| {run.errors + run.dropped} | {step.cpu_per_1000:.2f} |"
+            )
+    return "\n".join(rows)
+
+
+def hedging_table(results: BenchResults) -> str:
+    rows = [
+        "| run | offered/s | calls | p50 ms | p99 ms | p999 ms | extra features requests "
+        "| hedges sent | hedges won | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h in results.hedging.values():
+        run = h.run
+        rows.append(
+            f"| {h.name} | {run.offered_rate:.0f} | {run.ok} | {_ms(run.percentile_ms(50))} "
+            f"| {_ms(run.percentile_ms(99))} | {_ms(run.percentile_ms(99.9))} | {h.extra_ratio:.1%} "
+            f"| {h.hedges_sent:.0f} | {h.hedges_won:.0f} | {run.errors + run.dropped} |"
+        )
+    return "\n".join(rows)
+
+
+def tracing_table(results: BenchResults) -> str:
+    rows = [
+        "| tracing | calls/s at saturation | p50 ms | p99 ms | receiver CPU s/1000 calls | spans received |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in results.tracing.values():
+        cpu = "-" if t.receiver_cpu_per_1000 is None else f"{t.receiver_cpu_per_1000:.2f}"
+        spans = ", ".join(f"{service} {n}" for service, n in sorted(t.spans_by_service.items())) or "-"
+        rows.append(
+            f"| {t.name} | {t.rate:.0f} | {_ms(t.run.percentile_ms(50))} | {_ms(t.run.percentile_ms(99))} "
+            f"| {cpu} | {spans} |"
+        )
+    on, off = results.tracing.get("on"), results.tracing.get("off")
+    if on and off and off.rate:
+        rows.append(f"\nOn/off saturation ratio: {on.rate / off.rate:.2f}.")
+    return "\n".join(rows)
+
+
+def targets_table(results: BenchResults) -> str:
+    rows = ["| target | goal | this run | result |", "|---|---|---|---|"]
+    for t in evaluate(results):
+        rows.append(f"| {t.name} | {t.goal} | {t.figures} | **{t.verdict}** |")
+    return "\n".join(rows)
+
+
+def half_load_summary(results: BenchResults) -> str:
+    half = results.half_load
+    if half is None:
+        return "The graph sustained none of its rates, so there is no half-saturation run."
+    run = half.run
+    return (
+        f"The graph at half its max sustained rate ({run.offered_rate:.0f}/s): "
+        f"p50 {_ms(run.percentile_ms(50))} ms, p99 {_ms(run.percentile_ms(99))} ms, "
+        f"p999 {_ms(run.percentile_ms(99.9))} ms, "
+        f"{run.errors + run.dropped} errors, CPU {half.cpu_per_1000:.2f} s per 1000 requests."
+    )

@@ -1,0 +1,67 @@
+from services.bench.hedging import hop_summary
+from services.bench.plots import cdf_points
+from services.bench.report import write_report
+from tests.bench.fabricated import make_run, results
+
+MACHINE = {
+    "cpu": "test cpu",
+    "cores": 2,
+    "python": "3.11",
+    "versions": {"grpcio": "1"},
+    "tritonserver": "2.51.0",
+    "mode": "quick",
+    "duration_s": 1.0,
+    "saturation_concurrency": 16,
+}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plots(tmp_path):
+    bench = results()
+
+    write_report(tmp_path, bench, MACHINE)
+
+    report = (tmp_path / "report.md").read_text()
+    for section in ("## Summary", "## Targets (issue #6)", "## Hedging with one slow replica", "## Tracing"):
+        assert section in report
+    for contender in bench.contenders:
+        assert f"| {contender.name} |" in report
+    assert "| Hedging: tail | slow replica: hedged p99 <= 0.2 x unhedged p99 |" in report
+    assert "On/off saturation ratio: 0.95." in report
+    for plot in ("latency_vs_load.png", "hedging_cdf.png"):
+        assert f"]({plot})" in report
+        assert (tmp_path / plot).read_bytes().startswith(PNG)
+
+
+def test_a_rate_the_contender_never_failed_is_reported_as_a_lower_bound(tmp_path):
+    write_report(tmp_path, results(), MACHINE)
+
+    # The features service sustained 300/s and failed 600/s; no contender here sustained its top rate.
+    assert "| features_service | 1.30 | 1.30 | 1.30 | 300 | 1.00 |" in (tmp_path / "report.md").read_text()
+    bench = results()
+    bench.contenders[-1].steps.pop()  # feast_server: only its sustained 100/s is left
+    write_report(tmp_path, bench, MACHINE)
+    assert "| feast_server | 5.00 | 5.00 | 5.00 | >= 100 | 1.00 |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_cdf_rises_to_every_call():
+    latencies, shares = cdf_points(make_run([1.0, 2.0, 2.0, 50.0]))
+
+    assert latencies == sorted(latencies)
+    assert shares == [0.25, 0.75, 1.0]
+
+
+def test_extra_requests_are_the_attempts_beyond_one_per_call_between_two_readings():
+    def reading(calls: float, first: float, hedges: float) -> dict:
+        attempts = "scoregraph_hop_attempts_total"
+        return {
+            ("scoregraph_hop_calls_total", (("hop", "features"),)): calls,
+            (attempts, (("hop", "features"), ("outcome", "won"))): first,
+            (attempts, (("hop", "features"), ("outcome", "cancelled"))): hedges,
+            ("scoregraph_hop_calls_total", (("hop", "predict"),)): 999.0,
+        }
+
+    summary = hop_summary(reading(100, 100, 0), reading(300, 300, 10), "features")
+
+    assert (summary["calls"], summary["attempts"], summary["cancelled"]) == (200, 210, 10)
+    assert summary["extra_ratio"] == 0.05

@@ -1,0 +1,51 @@
+from services.bench.results import BenchResults
+from services.bench.targets import evaluate
+from tests.bench.fabricated import contender, results
+
+
+def verdicts(bench: BenchResults) -> dict[str, str]:
+    return {t.name: t.verdict for t in evaluate(bench)}
+
+
+def test_each_target_is_computed_from_the_runs_figures():
+    targets = {t.name: t for t in evaluate(results())}
+
+    assert targets["Graph overhead at low load"].figures == "4.00 - (1.00 + 2.00) = 1.00 ms"
+    assert targets["Added tail at half the saturation rate"].figures == "8.50 - (1.00 + 2.00) = 5.50 ms"
+    assert targets["Graph throughput vs the monolith"].figures == "100/s / 200/s = 0.50"
+    assert targets["Hedging: extra load"].figures == "(103 - 100) / 100 = 3.0%"
+    assert {name: t.verdict for name, t in targets.items()} == {
+        "Graph overhead at low load": "met",
+        "Tail at half the saturation rate": "met",
+        "Added tail at half the saturation rate": "missed",
+        "Graph throughput vs the monolith": "met",
+        "Features service latency": "met",
+        "Features service throughput": "met",
+        "Hedging: tail": "met",
+        "Hedging: extra load": "met",
+        "Hedging: median": "met",
+        "Tracing at 100 % sampling": "met",
+    }
+
+
+def test_a_ratio_over_a_rate_that_never_saturated_decides_only_where_the_bound_does():
+    # The monolith sustained its top rate, 200/s: it may do more, so the graph's 100/s being half of 200/s
+    # decides nothing...
+    unsaturated = contender("monolith", 2.5, {100: True, 200: True})
+    assert verdicts(results(monolith=unsaturated))["Graph throughput vs the monolith"] == "inconclusive"
+    # ...but a graph below half of 200/s misses whatever the monolith could do beyond.
+    slow_graph = contender("graph", 4.0, {50: True, 100: False})
+    bench = results(monolith=unsaturated, graph=slow_graph)
+    assert verdicts(bench)["Graph throughput vs the monolith"] == "missed"
+
+
+def test_a_contender_that_sustained_none_of_its_rates_is_beaten_by_one_above_them():
+    overwhelmed = contender("feast_server", 5.0, {40: False, 20: False})
+    target = {t.name: t for t in evaluate(results(feast_server=overwhelmed))}["Features service throughput"]
+
+    assert (target.figures, target.verdict) == ("300/s / under 20/s = over 15.00", "met")
+
+
+def test_targets_without_their_runs_are_not_measured():
+    bench = BenchResults([contender("graph", 4.0)])
+    assert set(verdicts(bench).values()) == {"not measured"}
