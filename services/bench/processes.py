@@ -74,10 +74,12 @@ class Spawned:
             start_new_session=True,
         )
         self.tree = psutil.Process(self.process.pid)
+        self.survivors: list[str] = []
+        """Processes under it that outlived `stop()`'s grace and were killed."""
 
     def stop(self, timeout_s: float = 30) -> int:
-        """SIGTERM to the group, SIGKILL after `timeout_s`; then kill any descendant still running. Stopping
-        a stopped process does nothing."""
+        """SIGTERM to the group, SIGKILL after `timeout_s`; then kill any descendant still running 10 s
+        later, named in `survivors` (there should be none). Stopping a stopped process does nothing."""
         try:
             descendants = self.tree.children(recursive=True)
         except psutil.NoSuchProcess:
@@ -89,9 +91,10 @@ class Spawned:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        _, alive = psutil.wait_procs(descendants, timeout=5)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
         for process in alive:
             try:
+                self.survivors.append(f"{process.name()} ({process.pid})")
                 process.kill()
             except psutil.NoSuchProcess:
                 continue

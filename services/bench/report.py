@@ -17,6 +17,22 @@ from services.bench.tables import (
 )
 
 
+def restarts(out: Path) -> str:
+    """The replicas the stacks restarted during the run (a crash or a kill), from their logs: figures that
+    include one include a replica's outage and the calls routed around it."""
+    found = [
+        f"{log.name}: {line.split('|', 1)[-1].strip()}"
+        for log in sorted(out.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if "respawning " in line
+    ]
+    if not found:
+        return "Replica restarts during the run: none."
+    return "Replica restarts during the run (the figures include them):\n\n" + "\n".join(
+        f"- {line}" for line in found
+    )
+
+
 def write_report(out: Path, results: BenchResults, machine: dict) -> None:
     plot_latency_vs_load(results.contenders, out / "latency_vs_load.png")
     plots = "![latency vs load](latency_vs_load.png)"
@@ -29,6 +45,8 @@ def write_report(out: Path, results: BenchResults, machine: dict) -> None:
 Machine: {machine["cores"]} cores, {machine["cpu"]}; Python {machine["python"]}; {versions};
 tritonserver {machine["tritonserver"]}. The load generator runs on the same cores as the contenders.
 Run: {machine["mode"]}, {machine["duration_s"]:.0f} s.
+
+{restarts(out)}
 
 ## Summary
 {summary_table(results.contenders)}

@@ -326,7 +326,14 @@ class HedgedCall(Generic[T]):
     def _count_retry(self, state: RetryCallState) -> None:
         RETRIES.labels(self.hop).inc()
         failure = state.outcome.exception() if state.outcome else None
-        log.debug("retrying", hop=self.hop, attempt=state.attempt_number, error=str(failure))
+        # Budgeted (a share of calls), so a failing replica cannot flood the log.
+        log.info(
+            "retrying",
+            hop=self.hop,
+            attempt=state.attempt_number,
+            code=failure.code.name if isinstance(failure, AttemptFailed) else None,
+            reason=failure.message if isinstance(failure, AttemptFailed) else str(failure),
+        )
 
     async def _race(self, attempt: Attempt[T, R], deadline: Budget, failed_replicas: set[str]) -> R:
         timeout_s = deadline.hop_timeout_s(self.hop)

@@ -57,9 +57,10 @@ class StackSettings(BaseSettings):
     """Share of the faulty replica's calls answered UNAVAILABLE."""
     fault_hang: bool = False
     """The faulty replica never answers until the caller cancels."""
-    respawn_killed_replicas: bool = False
-    """Restart a features, postprocess or Triton replica that was killed (SIGKILL), as Kubernetes would,
-    for chaos tests; otherwise any process that exits stops the whole stack."""
+    respawn_killed_replicas: bool = True
+    """Restart a features, postprocess or Triton replica that dies of a signal (SIGKILL, or a crash such as
+    tritonserver's SIGSEGV), as an orchestrator would; the gateway routes around it meanwhile. Off, or for
+    any other exit (SIGTERM's drain included), the whole stack stops."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,16 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-# Runs "$@" again whenever it dies of SIGKILL; any other exit ends the loop with that exit's status. On
+# Runs "$@" again whenever it dies of a signal other than SIGTERM or SIGINT (a shell reports 128 + the
+# signal: 137 SIGKILL, 139 SIGSEGV, 134 SIGABRT); any other exit ends the loop with that exit's status. On
 # SIGTERM (which reaches the whole process group) it waits for the service's drain.
 _RESPAWN = """
 trap 'wait "$child"; exit $?' TERM INT
 while :; do
   "$@" & child=$!
   wait "$child"; status=$?
-  [ "$status" -eq 137 ] || exit "$status"
-  echo "respawning $*"
+  { [ "$status" -gt 128 ] && [ "$status" -ne 143 ] && [ "$status" -ne 130 ]; } || exit "$status"
+  echo "respawning $* (it died with status $status)"
 done
 """
 

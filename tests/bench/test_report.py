@@ -65,3 +65,23 @@ def test_extra_requests_are_the_attempts_beyond_one_per_call_between_two_reading
 
     assert (summary["calls"], summary["attempts"], summary["cancelled"]) == (200, 210, 10)
     assert summary["extra_ratio"] == 0.05
+
+
+def test_replica_restarts_during_the_run_are_reported(tmp_path):
+    respawned = "respawning python -m services.predict.tritonserver (it died with status 139)"
+    (tmp_path / "stack-graph.log").write_text(
+        f"13:57:19 triton-0      | Signal (11) received.\n13:57:20 triton-0      | {respawned}\n"
+    )
+    (tmp_path / "stack-slow.log").write_text("13:58:00 gateway | serving\n")
+
+    write_report(tmp_path, results(), MACHINE)
+
+    report = (tmp_path / "report.md").read_text()
+    assert "Replica restarts during the run (the figures include them):" in report
+    assert f"- stack-graph.log: {respawned}" in report
+
+
+def test_a_run_without_restarts_says_so(tmp_path):
+    write_report(tmp_path, results(), MACHINE)
+
+    assert "Replica restarts during the run: none." in (tmp_path / "report.md").read_text()

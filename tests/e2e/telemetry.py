@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from services.bench.processes import LocalStack
 from services.stack.collector import TraceCollector
 from services.stack.topology import processes
-from tests.e2e.conftest import RunningStack, start_stack
+from tests.e2e.conftest import start_stack
 
 
 def ports(base: int) -> dict[str, int]:
@@ -39,7 +40,7 @@ UNCONTINUED_BY_TRITON = 2
 
 @dataclass
 class TracedStack:
-    stack: RunningStack
+    stack: LocalStack
     collector: TraceCollector
 
     def metrics(self) -> dict[str, str]:
@@ -90,7 +91,7 @@ class TracedStack:
         for trace_id in others:
             spans = [f"{s.service} {s.name}" for s in self.collector.trace(trace_id)]
             lines.append(f"{trace_id}: {spans}")
-        log = self.stack.log.read_text(errors="replace").splitlines()
+        log = self.stack.log_path.read_text(errors="replace").splitlines()
         words = ("error", "warn", "fail", "exception")
         noteworthy = [line for line in log if any(w in line.lower() for w in words)]
         lines.extend(noteworthy[-30:])

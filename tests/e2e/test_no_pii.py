@@ -65,7 +65,7 @@ def test_the_card_number_and_the_ip_address_never_come_out(traced_stack, live):
     traced_stack.wait_for_traces(trace_ids[:1])
 
     spans = json.dumps([span.__dict__ for span in traced_stack.collector.spans()], default=str)
-    logs = traced_stack.stack.log.read_text()
+    logs = traced_stack.stack.log_path.read_text()
     metrics = "\n".join(traced_stack.metrics().values())
     assert traced_stack.collector.spans(), "no spans captured"
     for where, text in {

@@ -140,7 +140,7 @@ def test_hedge_attempts_are_siblings_marked_won_or_cancelled(traced_stack, score
 
 def test_every_request_log_line_carries_its_trace(traced_stack, scored):
     records = []
-    for line in traced_stack.stack.log.read_text().splitlines():
+    for line in traced_stack.stack.log_path.read_text().splitlines():
         match = re.search(r"\{.*\}\s*$", line)
         if match:
             try:

@@ -62,17 +62,26 @@ def test_only_the_faulty_replica_gets_the_fault_settings(replica, prefix):
     assert not any(faulted.values())
 
 
-def test_a_killed_replica_is_respawned_and_any_other_exit_ends_it(tmp_path):
-    [features] = [p for p in processes(StackSettings(respawn_killed_replicas=True)) if p.name == "features-0"]
+@pytest.mark.parametrize("replica", ["features-0", "triton-1"])
+def test_a_killed_or_crashed_replica_is_respawned_and_any_other_exit_ends_it(tmp_path, replica):
+    [process] = [p for p in processes(StackSettings()) if p.name == replica]
     runs = tmp_path / "runs"
-    # Killed with SIGKILL the first time, exits 3 the second.
-    child = f"echo run >> {runs}; [ $(wc -l < {runs}) -ge 2 ] && exit 3; kill -9 $$"
-    argv = [*features.argv[: features.argv.index("respawn") + 1], "sh", "-c", child]
+    # Killed with SIGKILL the first time, crashes with SIGSEGV the second, exits 3 the third.
+    child = (
+        f"echo run >> {runs}; n=$(wc -l < {runs}); [ $n -ge 3 ] && exit 3; "
+        "[ $n -eq 2 ] && kill -SEGV $$; kill -9 $$"
+    )
+    argv = [*process.argv[: process.argv.index("respawn") + 1], "sh", "-c", child]
 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
 
     assert done.returncode == 3
-    assert runs.read_text().count("run") == 2
+    assert runs.read_text().count("run") == 3
+
+
+def test_without_respawning_a_replica_runs_as_itself():
+    [process] = [p for p in processes(StackSettings(respawn_killed_replicas=False)) if p.name == "triton-0"]
+    assert process.argv[:3] == [sys.executable, "-m", "services.predict.tritonserver"]
 
 
 def test_a_port_in_use_is_found_and_the_stack_refuses_to_start_on_it(tmp_path):
