@@ -47,14 +47,15 @@ def stack_ports(first: int) -> dict[str, int]:
 
 
 def cpu_seconds(root: psutil.Process) -> float:
-    """User and system CPU of `root` and every process under it."""
+    """User and system CPU of `root` and every process under it, those that have exited included (their
+    parent has reaped them: a replica restarted after a crash still counts what it used)."""
     total = 0.0
     for process in [root, *root.children(recursive=True)]:
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
+        total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
