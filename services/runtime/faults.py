@@ -6,28 +6,23 @@ Health and reflection are never faulted: a faulty replica must still look health
 """
 
 import asyncio
-import inspect
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import structlog
 
+from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
 from services.runtime.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
-
-UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-_NEVER_FAULTED = ("/grpc.health.", "/grpc.reflection.")
 
 
 def faults_configured(settings: ServiceSettings) -> bool:
     return settings.fault_hang or settings.fault_error_share > 0 or settings.fault_delay_ms > 0
 
 
-class FaultInterceptor(grpc.aio.ServerInterceptor):
+class FaultInterceptor(UnaryInterceptor):
     """Makes the service's own RPCs hang, fail UNAVAILABLE or answer late, as `settings` say.
 
     Per call, in this order: `fault_hang` holds it until the caller cancels it or its deadline passes;
@@ -35,32 +30,17 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
     are answered `fault_delay_ms` late.
     """
 
+    passed_through = ("grpc.health.", "grpc.reflection.")
+
     def __init__(self, settings: ServiceSettings, *, rng: random.Random | None = None) -> None:
+        super().__init__()
         self._hang = settings.fault_hang
         self._error_share = settings.fault_error_share
         self._delay_s = settings.fault_delay_ms / 1000
         self._delay_share = settings.fault_delay_share
         self._rng = rng or random.Random()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or handler_call_details.method.startswith(_NEVER_FAULTED)
-            or not inspect.iscoroutinefunction(handler.unary_unary)
-        ):
-            return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._faulty(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _faulty(self, behavior: UnaryBehavior) -> UnaryBehavior:
+    def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def faulty(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self._hang:
                 await asyncio.Event().wait()

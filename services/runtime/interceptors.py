@@ -14,16 +14,24 @@ log = structlog.get_logger(__name__)
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Turns what escapes a servicer into a gRPC status, so servicers only raise domain errors.
+class UnaryInterceptor(grpc.aio.ServerInterceptor):
+    """Base of scoregraph's server interceptors: each async unary method's behavior is wrapped by `wrap`,
+    once per method rather than per call, as long as the inner interceptors answer the same handler.
 
-    A `ServiceError` becomes its own status and details; anything else becomes INTERNAL with a generic
-    message, since exception text can hold request data, and is logged with its traceback.
+    scoregraph's RPCs are all unary and async. Streams (health's Watch), the generated bases' synchronous
+    UNIMPLEMENTED stubs and the services `passed_through` names are answered untouched.
     """
 
+    passed_through: tuple[str, ...] = ()
+    """Full service-name prefixes (e.g. `grpc.health.`) whose methods are never wrapped."""
+
     def __init__(self) -> None:
-        # Per method: the servicer's handler and its wrapped version, so a call builds no new handler.
+        # Per method: the handler the inner interceptors answered, and its wrapped version.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        """`behavior` (the method `/package.Service/Method`'s) with this interceptor's work around it."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -31,21 +39,34 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        # scoregraph's RPCs are all unary and async. Health and reflection (streams) and the generated
-        # bases' synchronous UNIMPLEMENTED stubs pass through untouched.
-        if handler is None or not inspect.iscoroutinefunction(handler.unary_unary):
-            return handler
         method = handler_call_details.method
+        if (
+            handler is None
+            or not inspect.iscoroutinefunction(handler.unary_unary)
+            or method.lstrip("/").startswith(self.passed_through)
+        ):
+            return handler
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _mapping_errors(handler.unary_unary, method),
+            self.wrap(handler.unary_unary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
         self._handlers[method] = (handler, wrapped)
         return wrapped
+
+
+class StatusInterceptor(UnaryInterceptor):
+    """Turns what escapes a servicer into a gRPC status, so servicers only raise domain errors.
+
+    A `ServiceError` becomes its own status and details; anything else becomes INTERNAL with a generic
+    message, since exception text can hold request data, and is logged with its traceback.
+    """
+
+    def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        return _mapping_errors(behavior, method)
 
 
 def _mapping_errors(behavior: UnaryBehavior, method: str) -> UnaryBehavior:

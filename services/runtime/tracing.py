@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.runtime import metrics
+from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
 
 SPAN_ATTRIBUTES: Mapping[str, str] = {
     # OpenTelemetry's RPC and network semantic conventions.
@@ -185,46 +186,25 @@ class _MetadataGetter:
 
 _METADATA_GETTER = _MetadataGetter()
 
-UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
-
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class TelemetryInterceptor(UnaryInterceptor):
     """A server span per RPC, child of the caller's W3C trace context, current while the servicer runs
     (so its log lines carry the ids), plus the RPC's RED metrics.
 
     Runs outside `StatusInterceptor`, so it sees the status code the caller gets.
     """
 
+    passed_through = UNTRACED_SERVICES
+
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        super().__init__()
         self._provider = tracer_provider
-        # Per method: the handler the inner interceptors answered, and its wrapped version.
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self.server_address: str | None = None
         self.server_port: int | None = None
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.lstrip("/").startswith(UNTRACED_SERVICES):
-            return handler
-        # Wrapped once per method, not per call (the metric children are looked up in advance), as long as
-        # the inner interceptors answer the same handler; the wrapper reads what differs from the context.
-        cached = self._handlers.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._observed(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._handlers[method] = (handler, wrapped)
-        return wrapped
-
-    def _observed(self, behavior: UnaryBehavior, full_method: str) -> UnaryBehavior:
+    def wrap(self, behavior: UnaryBehavior, full_method: str) -> UnaryBehavior:
+        # Built once per method: the metric children are looked up in advance, and what differs per call
+        # is read from the context.
         service, method = _split_method(full_method)
         provider = self._provider or trace.get_tracer_provider()
         tracer = provider.get_tracer(__name__)

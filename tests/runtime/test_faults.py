@@ -85,7 +85,7 @@ async def test_shares_of_calls_are_faulted() -> None:
         nonlocal answered
         answered += 1
 
-    faulty = interceptor._faulty(behavior)
+    faulty = interceptor.wrap(behavior, "/scoregraph.gateway.v1.GatewayService/Score")
     context = RecordingContext()
     for _ in range(2000):
         with contextlib.suppress(grpc.aio.AbortError):
