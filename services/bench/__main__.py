@@ -3,7 +3,8 @@
     python -m services.bench [--quick]
 
 Contenders, all on this machine, fed the same live transactions:
-- floors: Feast's in-process `get_online_features`, and a direct tritonclient call to Triton, one at a time;
+- floors: Feast's in-process `get_online_features`, a direct tritonclient call to Triton, and one bare gRPC
+  round trip between two Python processes (what any hop costs at least), one at a time;
 - features: scoregraph's features service (GetFeatures on one replica) and Feast's own server (`feast serve`);
 - the graph: Gateway.Score on the embedded stack (python -m services.stack up), every call traced and exported
   over OTLP to a receiver in a process of its own;
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from services.bench.bare_grpc import bare_call
 from services.bench.calls import features_call, score_call, triton_call
 from services.bench.feast_contenders import feast_sdk_call, feast_server_call, start_feast_server
 from services.bench.hedging import measure_hedging, measure_slow_replica
@@ -39,6 +41,7 @@ from services.bench.processes import (
     Spawned,
     running_stack,
     stack_ports,
+    start_bare_grpc,
     start_monolith,
     start_together,
 )
@@ -87,7 +90,7 @@ PLANS = {
     ),
 }
 #: Order of the summary table: the floors, the feature servers, then the whole graph beside the monolith.
-ORDER = ("feast_floor", "triton_floor", "features_service", "feast_server", "graph", "monolith")
+ORDER = ("grpc_floor", "feast_floor", "triton_floor", "features_service", "feast_server", "graph", "monolith")
 
 
 class Progress:
@@ -195,6 +198,17 @@ async def run_bench(out: Path, plan: BenchPlan, progress: Progress) -> BenchResu
         floor = await measure_floor("Feast SDK", call, plan.sweep)
     results.contenders.append(
         Contender("feast_floor", "floor: Feast get_online_features (in process)", floor)
+    )
+
+    progress("bare gRPC server: floor of one hop")
+    bare = start_bare_grpc(out)
+    try:
+        async with bare_call() as call:
+            floor = await measure_floor("bare gRPC", call, plan.sweep)
+    finally:
+        bare.stop()
+    results.contenders.append(
+        Contender("grpc_floor", "floor: one gRPC round trip (grpc.aio, health check, no work)", floor)
     )
 
     progress("OTLP receiver (its own process): starting")

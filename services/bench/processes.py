@@ -30,6 +30,7 @@ from services.stack.topology import REPO, StackSettings, process_env, processes
 #: gateway on it first + 52 and first + 469 (see hedging.measure_slow_replica).
 STACK_SLOTS = {"graph": 60000, "slow": 60500, "untraced": 61000}
 MONOLITH_PORT = 62091
+BARE_GRPC_PORT = 62095
 FEAST_SERVER_PORT = 62566
 OTLP_GRPC_PORT = 62517
 OTLP_HTTP_PORT = 62518
@@ -227,6 +228,13 @@ def start_monolith(out: Path) -> Spawned:
     address = f"127.0.0.1:{MONOLITH_PORT}"
     wait_until(lambda: serving(address), monolith, 120, "the monolith")
     return monolith
+
+
+def start_bare_grpc(out: Path) -> Spawned:
+    """The bare gRPC server (services.bench.bare_grpc), once it serves."""
+    bare = Spawned([sys.executable, "-m", "services.bench.bare_grpc"], {}, out / "bare-grpc.log")
+    wait_until(lambda: serving(f"127.0.0.1:{BARE_GRPC_PORT}"), bare, 60, "the bare gRPC server")
+    return bare
 
 
 async def start_together(*starts: Callable[[], Spawned]) -> list[Spawned]:

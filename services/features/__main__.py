@@ -1,7 +1,6 @@
 """`python -m services.features`: serve FeaturesService until SIGTERM, reading the online store that
 `SCOREGRAPH_FEATURES_ONLINE_STORE` names."""
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -11,7 +10,7 @@ from services.features.servicer import features_registration
 from services.features.settings import FeaturesSettings
 from services.runtime.errors import UpstreamFailed
 from services.runtime.logging import configure_logging
-from services.runtime.server import run
+from services.runtime.server import run, run_service
 from services.runtime.tracing import configure_tracing
 
 log = structlog.get_logger("services.features")
@@ -35,7 +34,7 @@ def main() -> None:
     reads = ThreadPoolExecutor(threads, thread_name_prefix="online-read") if threads else None
     tracing = configure_tracing("scoregraph-features")
     try:
-        asyncio.run(run(settings, [features_registration(features, reads)]))
+        run_service(run(settings, [features_registration(features, reads)]), settings)
     finally:
         if reads is not None:
             reads.shutdown()

@@ -1,6 +1,5 @@
 """Run the gateway: `python -m services.gateway`, configured by SCOREGRAPH_GATEWAY_* and OTEL_* variables."""
 
-import asyncio
 import sys
 
 import structlog
@@ -11,7 +10,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.upstreams import Upstreams
 from services.predict.client import PredictError
 from services.runtime.logging import configure_logging
-from services.runtime.server import run
+from services.runtime.server import run, run_service
 from services.runtime.tracing import configure_tracing
 
 SERVICE = "scoregraph-gateway"
@@ -50,7 +49,7 @@ def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, service="gateway")
     try:
-        asyncio.run(serve(settings))
+        run_service(serve(settings), settings)
     except PredictError as error:
         log.error("model not served, not starting", model=settings.model_name, error=str(error))
         sys.exit(1)

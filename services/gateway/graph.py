@@ -1,5 +1,6 @@
 """The Score graph: validate, translate, read features, predict, label. Knows no server, only upstreams."""
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -115,7 +116,7 @@ class ScoreGraph:
         deadline = Deadline(
             self._default_budget_s if budget_s is None else budget_s, reserve_s=self._reserve_s
         )
-        with self._tracer.start_as_current_span("score", context=parent) as span:
+        with self._span(parent) as span:
             validate_score_request(request, now=time.time(), window=self._created_at_window)
             tx = request.transaction
 
@@ -166,6 +167,14 @@ class ScoreGraph:
                 ],
             )
             return assessment
+
+    def _span(self, parent: Context | None) -> contextlib.AbstractContextManager[trace.Span]:
+        """The span a Score call's hops hang under: the server's span of the call when one is current (the
+        gateway's RPC), else a `score` span of its own under `parent` (the graph used without a server)."""
+        current = trace.get_current_span()
+        if parent is None and current.is_recording():
+            return contextlib.nullcontext(current)
+        return self._tracer.start_as_current_span("score", context=parent)
 
     def _fail_unless_degradable(self, failure: HopFailed) -> None:
         if self._fail_on_dependency_failure or failure.code is grpc.StatusCode.INVALID_ARGUMENT:

@@ -1,15 +1,13 @@
 """`python -m services.postprocess`: serve PostprocessService until SIGTERM, with the policies in
 `SCOREGRAPH_POSTPROCESS_POLICY_DIR`."""
 
-import asyncio
-
 import structlog
 
 from services.postprocess.policy import PolicyCatalogue, PolicyError
 from services.postprocess.servicer import postprocess_registration
 from services.postprocess.settings import PostprocessSettings
 from services.runtime.logging import configure_logging
-from services.runtime.server import run
+from services.runtime.server import run, run_service
 from services.runtime.tracing import configure_tracing
 
 log = structlog.get_logger("services.postprocess")
@@ -29,7 +27,7 @@ def main() -> None:
     )
     tracing = configure_tracing("scoregraph-postprocess")
     try:
-        asyncio.run(run(settings, [postprocess_registration(policies)]))
+        run_service(run(settings, [postprocess_registration(policies)]), settings)
     finally:
         tracing.shutdown()
 

@@ -75,6 +75,7 @@ _EJECTING_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
 # Span attributes of an attempt.
 HOP_ATTRIBUTE = "scoregraph.hop"
 ATTEMPT_ATTRIBUTE = "scoregraph.hedge.attempt"
+RETRY_ATTRIBUTE = "scoregraph.retry.attempt"
 OUTCOME_ATTRIBUTE = "scoregraph.hedge.outcome"
 WON, CANCELLED, FAILED = "won", "cancelled", "failed"
 
@@ -241,8 +242,14 @@ AttemptFailed when the replica answers an error."""
 
 @dataclass
 class _Race:
+    retry: int = 1
+    """Which try at the hop this race is: 1 the first, 2 and up the retries."""
     winner: int | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
+    """The replica each task calls."""
+    timed_out: bool = False
+    """The race outlived the hop's timeout: attempts still out are failures, not losers."""
 
 
 class HedgedCall(Generic[T]):
@@ -288,6 +295,7 @@ class HedgedCall(Generic[T]):
         self.hedge_budget.deposit()
         self.retry_budget.deposit()
         failed_replicas: set[str] = set()
+        last_failure: AttemptFailed | None = None
         retrying = AsyncRetrying(
             retry=retry_if_exception(
                 lambda error: isinstance(error, AttemptFailed) and error.code in RETRYABLE_CODES
@@ -302,13 +310,22 @@ class HedgedCall(Generic[T]):
         try:
             async for attempt_state in retrying:
                 with attempt_state:
-                    return await self._race(attempt, deadline, failed_replicas)
+                    race = _Race(retry=attempt_state.retry_state.attempt_number)
+                    try:
+                        return await self._race(race, attempt, deadline, failed_replicas)
+                    except AttemptFailed as failure:
+                        last_failure = failure
+                        raise
         except AttemptFailed as failure:
             if failure.code is grpc.StatusCode.DEADLINE_EXCEEDED:
                 DEADLINE_EXCEEDED.labels(self.hop).inc()
             raise
         except DeadlineExceeded:
             DEADLINE_EXCEEDED.labels(self.hop).inc()
+            if last_failure is not None:
+                # The backoff before a retry outlasted the deadline (the wait overran its plan): the hop
+                # failed as its last attempt did, not for want of time to start.
+                raise last_failure from None
             raise
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
@@ -335,19 +352,37 @@ class HedgedCall(Generic[T]):
             reason=failure.message if isinstance(failure, AttemptFailed) else str(failure),
         )
 
-    async def _race(self, attempt: Attempt[T, R], deadline: Budget, failed_replicas: set[str]) -> R:
+    async def _race(
+        self, race: _Race, attempt: Attempt[T, R], deadline: Budget, failed_replicas: set[str]
+    ) -> R:
         timeout_s = deadline.hop_timeout_s(self.hop)
         primary = self.replicas.pick(failed_replicas)
         assert primary is not None
-        race = _Race()
+        # The hop's timeout is kept here too, not only by gRPC's deadline: under load an expired call's
+        # status can reach the event loop tens of ms late, and the caller's budget has no room for that.
+        expires_at = asyncio.get_running_loop().time() + timeout_s
         self._start(race, attempt, primary, timeout_s, failed_replicas)
         try:
-            delay = self.hedge_delay_s()
-            if delay is not None and delay < timeout_s:
-                done, _ = await asyncio.wait(race.tasks, timeout=delay)
-                if not done:
-                    self._hedge(race, attempt, deadline, {*failed_replicas, primary.address}, failed_replicas)
-            return await self._first_answer(race)
+            async with asyncio.timeout_at(expires_at):
+                delay = self.hedge_delay_s()
+                if delay is not None and delay < timeout_s:
+                    done, _ = await asyncio.wait(race.tasks, timeout=delay)
+                    if not done:
+                        avoid = {*failed_replicas, primary.address}
+                        self._hedge(race, attempt, deadline, avoid, failed_replicas)
+                return await self._first_answer(race)
+        except TimeoutError:
+            race.timed_out = True
+            for task, replica in zip(race.tasks, race.replicas, strict=True):
+                if not task.done():
+                    # As for an attempt that ran out its deadline: the replica is ejected for a while.
+                    failed_replicas.add(replica.address)
+                    self.replicas.eject(replica)
+            raise AttemptFailed(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer from {self.hop} within its {timeout_s * 1000:.0f} ms",
+                replica=race.replicas[0].address,
+            ) from None
         finally:
             for task in race.tasks:
                 task.cancel()
@@ -403,6 +438,7 @@ class HedgedCall(Generic[T]):
         failed_replicas: set[str],
     ) -> None:
         number = len(race.tasks)
+        race.replicas.append(replica)
         race.tasks.append(
             asyncio.create_task(self._attempt(race, number, attempt, replica, timeout_s, failed_replicas))
         )
@@ -419,7 +455,8 @@ class HedgedCall(Generic[T]):
         host, _, port = replica.address.rpartition(":")
         attributes = {
             HOP_ATTRIBUTE: self.hop,
-            ATTEMPT_ATTRIBUTE: number,
+            ATTEMPT_ATTRIBUTE: number + 1,
+            RETRY_ATTRIBUTE: race.retry,
             "server.address": host,
             "server.port": int(port) if port.isdigit() else 0,
             "net.peer.name": host,
@@ -434,7 +471,13 @@ class HedgedCall(Generic[T]):
             try:
                 result = await attempt(replica.client, timeout_s, headers)
             except asyncio.CancelledError:
-                self._finish(span, CANCELLED)
+                if race.timed_out:
+                    span.set_status(
+                        trace.Status(trace.StatusCode.ERROR, grpc.StatusCode.DEADLINE_EXCEEDED.name)
+                    )
+                    self._finish(span, FAILED)
+                else:
+                    self._finish(span, CANCELLED)
                 raise
             except AttemptFailed as failure:
                 failure.replica = replica.address

@@ -2,10 +2,11 @@
 
 import asyncio
 import contextlib
+import gc
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -22,6 +23,17 @@ from services.runtime.tracing import TelemetryInterceptor
 log = structlog.get_logger(__name__)
 
 _SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+T = TypeVar("T")
+
+
+def run_service(main: Coroutine[Any, Any, T], settings: ServiceSettings) -> T:
+    """Run a service's `main` coroutine to completion on the event loop `settings.event_loop` names."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,15 @@ async def _metrics_endpoint(settings: ServiceSettings) -> AsyncIterator[None]:
         httpd.server_close()
 
 
+def freeze_startup_objects() -> None:
+    """Keep what start-up built (modules, Feast's registry, the model contract: some 200,000 objects) out of
+    the garbage collector's full collections, which otherwise walk all of it and stall every call in
+    flight for a tenth of a second or more (290 ms measured in the features service) every time the
+    survivors of a stretch of calls add up to a quarter of it."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run(
     settings: ServiceSettings,
     registrations: Sequence[ServiceRegistration],
@@ -128,7 +149,7 @@ async def run(
 ) -> None:
     """Serve `registrations` and the Prometheus endpoint until SIGTERM or SIGINT, then drain.
 
-    Meant as the body of a service's `__main__`: `asyncio.run(run(settings, [registration]))`.
+    Meant as the body of a service's `__main__`: `run_service(run(settings, [registration]), settings)`.
     """
     loop = asyncio.get_running_loop()
     shutdown_requested = asyncio.Event()
@@ -138,6 +159,7 @@ async def run(
         server = GrpcServer(settings, registrations, interceptors=interceptors)
         async with _metrics_endpoint(settings):
             await server.start()
+            freeze_startup_objects()
             try:
                 await shutdown_requested.wait()
             finally:

@@ -280,12 +280,30 @@ class TraceCollector:
                 self._lock.wait(min(left, 0.25))
         return True
 
-    def write_jaeger(self, path: Path) -> Path:
+    def write_jaeger(self, path: Path, encoded: dict[tuple[str, int], str] | None = None) -> Path:
+        """Write every trace kept to `path` as one Jaeger JSON document.
+
+        `encoded` caches each trace's JSON by trace id and span count across calls, so a file rewritten
+        while calls go on encodes only the traces that changed since (each rewrite used to encode all
+        2,000, the better part of a core under load)."""
         with self._lock:
-            traces = [list(spans) for spans in self._traces.values()]
+            traces = [(trace_id, list(spans)) for trace_id, spans in self._traces.items() if spans]
+        cache = {} if encoded is None else encoded
+        parts = []
+        for trace_id, spans in traces:
+            key = (trace_id, len(spans))
+            if key not in cache:
+                cache[key] = json.dumps(jaeger_trace(spans))
+            parts.append(cache[key])
+        if encoded is not None:
+            kept = {(trace_id, len(spans)) for trace_id, spans in traces}
+            for stale in encoded.keys() - kept:
+                del encoded[stale]
+        # {"data": [<the traces>], "total": 0, ...}, without decoding what the cache holds.
+        document = '{"data": [' + ", ".join(parts) + "], " + json.dumps(_JAEGER_ENVELOPE)[1:]
         path.parent.mkdir(parents=True, exist_ok=True)
         staged = path.with_suffix(".tmp")
-        staged.write_text(json.dumps(jaeger_document(traces)))
+        staged.write_text(document)
         staged.replace(path)
         return path
 
@@ -302,55 +320,57 @@ def _tag(key: str, value: Any) -> dict[str, Any]:
 
 def jaeger_document(traces: Iterable[list[CollectedSpan]]) -> dict[str, Any]:
     """Traces in the JSON format of Jaeger's query API, which Jaeger UI's "JSON File" upload opens."""
-    data = []
-    for spans in traces:
-        if not spans:
-            continue
-        processes: dict[str, dict[str, Any]] = {}
-        process_ids: dict[str, str] = {}
-        jaeger_spans = []
-        for span in sorted(spans, key=lambda s: s.start_ns):
-            key = json.dumps(span.resource, sort_keys=True, default=str)
-            if key not in process_ids:
-                process_ids[key] = f"p{len(process_ids) + 1}"
-                processes[process_ids[key]] = {
-                    "serviceName": span.service,
-                    "tags": [_tag(k, v) for k, v in span.resource.items() if k != "service.name"],
-                }
-            tags = [_tag(k, v) for k, v in span.attributes.items()]
-            tags.append(_tag("span.kind", span.kind))
-            if span.status_code == 2:
-                tags.append(_tag("error", True))
-                tags.append(_tag("otel.status_code", "ERROR"))
-            jaeger_spans.append(
-                {
-                    "traceID": span.trace_id,
-                    "spanID": span.span_id,
-                    "operationName": span.name,
-                    "references": [
-                        {"refType": "CHILD_OF", "traceID": span.trace_id, "spanID": span.parent_span_id}
-                    ]
-                    if span.parent_span_id
-                    else [],
-                    "startTime": span.start_ns // 1000,
-                    "duration": max((span.end_ns - span.start_ns) // 1000, 0),
-                    "tags": tags,
-                    "logs": [
-                        {
-                            "timestamp": at // 1000,
-                            "fields": [_tag("event", name), *(_tag(k, v) for k, v in attrs.items())],
-                        }
-                        for name, at, attrs in span.events
-                    ],
-                    "processID": process_ids[key],
-                    "warnings": None,
-                    "flags": 1,
-                }
-            )
-        data.append(
-            {"traceID": spans[0].trace_id, "spans": jaeger_spans, "processes": processes, "warnings": None}
+    return {"data": [jaeger_trace(spans) for spans in traces if spans], **_JAEGER_ENVELOPE}
+
+
+#: What surrounds the traces in a Jaeger query API answer.
+_JAEGER_ENVELOPE: dict[str, Any] = {"total": 0, "limit": 0, "offset": 0, "errors": None}
+
+
+def jaeger_trace(spans: list[CollectedSpan]) -> dict[str, Any]:
+    """One trace (its spans, at least one) as an element of a Jaeger document's `data`."""
+    processes: dict[str, dict[str, Any]] = {}
+    process_ids: dict[str, str] = {}
+    jaeger_spans = []
+    for span in sorted(spans, key=lambda s: s.start_ns):
+        key = json.dumps(span.resource, sort_keys=True, default=str)
+        if key not in process_ids:
+            process_ids[key] = f"p{len(process_ids) + 1}"
+            processes[process_ids[key]] = {
+                "serviceName": span.service,
+                "tags": [_tag(k, v) for k, v in span.resource.items() if k != "service.name"],
+            }
+        tags = [_tag(k, v) for k, v in span.attributes.items()]
+        tags.append(_tag("span.kind", span.kind))
+        if span.status_code == 2:
+            tags.append(_tag("error", True))
+            tags.append(_tag("otel.status_code", "ERROR"))
+        jaeger_spans.append(
+            {
+                "traceID": span.trace_id,
+                "spanID": span.span_id,
+                "operationName": span.name,
+                "references": [
+                    {"refType": "CHILD_OF", "traceID": span.trace_id, "spanID": span.parent_span_id}
+                ]
+                if span.parent_span_id
+                else [],
+                "startTime": span.start_ns // 1000,
+                "duration": max((span.end_ns - span.start_ns) // 1000, 0),
+                "tags": tags,
+                "logs": [
+                    {
+                        "timestamp": at // 1000,
+                        "fields": [_tag("event", name), *(_tag(k, v) for k, v in attrs.items())],
+                    }
+                    for name, at, attrs in span.events
+                ],
+                "processID": process_ids[key],
+                "warnings": None,
+                "flags": 1,
+            }
         )
-    return {"data": data, "total": 0, "limit": 0, "offset": 0, "errors": None}
+    return {"traceID": spans[0].trace_id, "spans": jaeger_spans, "processes": processes, "warnings": None}
 
 
 def waterfall(spans: list[CollectedSpan], width: int = 48) -> Table:
@@ -405,6 +425,7 @@ class TraceFileWriter:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._written = 0
+        self._encoded: dict[tuple[str, int], str] = {}
         self._thread = threading.Thread(target=self._loop, name="trace-file", daemon=True)
 
     def start(self) -> TraceFileWriter:
@@ -414,7 +435,7 @@ class TraceFileWriter:
     def _write_if_new(self) -> None:
         received = self._collector.received
         if received != self._written:
-            self._collector.write_jaeger(self.path)
+            self._collector.write_jaeger(self.path, self._encoded)
             self._written = received
 
     def _loop(self) -> None:

@@ -28,6 +28,17 @@ def test_each_target_is_computed_from_the_runs_figures():
     }
 
 
+def test_the_graph_overhead_says_what_its_bare_grpc_round_trips_cost_when_the_run_measured_one():
+    bench = results(grpc_floor=contender("grpc_floor", 1.1))
+
+    overhead = {t.name: t for t in evaluate(bench)}["Graph overhead at low load"]
+
+    assert overhead.figures == (
+        "4.00 - (1.00 + 2.00) = 1.00 ms; the 3 round trips beyond the floors cost 1.10 ms each bare"
+    )
+    assert overhead.met
+
+
 def test_a_ratio_over_a_rate_that_never_saturated_decides_only_where_the_bound_does():
     # The monolith sustained its top rate, 200/s: it may do more, so the graph's 100/s being half of 200/s
     # decides nothing...

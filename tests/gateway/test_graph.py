@@ -343,6 +343,23 @@ async def test_every_hop_carries_the_trace_context_of_its_attempt_span(make_grap
         assert call.metadata["traceparent"].startswith(parent)
 
 
+async def test_under_a_servers_span_the_hops_hang_from_it_without_a_span_of_the_graphs_own(
+    make_graph, upstreams, spans, tracer_provider
+) -> None:
+    graph = make_graph()
+    server_tracer = tracer_provider.get_tracer("server")
+    with server_tracer.start_as_current_span("GatewayService/Score", kind=trace.SpanKind.SERVER) as server:
+        assessment = await graph.score(valid_request(), budget_s=BUDGET_S)
+
+    finished = spans.get_finished_spans()
+    assert "score" not in {span.name for span in finished}
+    assert assessment.trace_id == trace.format_trace_id(server.get_span_context().trace_id)
+    attempts = [span for span in finished if span.name.endswith(" attempt")]
+    assert len(attempts) == len(HOPS)
+    assert {span.parent.span_id for span in attempts} == {server.get_span_context().span_id}
+    assert server.attributes["scoregraph.verdict"] == assessment.verdict.name
+
+
 async def test_the_span_continues_the_callers_trace(make_graph, upstreams) -> None:
     caller = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1))
     parent = trace.set_span_in_context(NonRecordingSpan(caller))

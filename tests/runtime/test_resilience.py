@@ -177,10 +177,17 @@ async def test_a_slow_first_attempt_is_hedged_to_another_replica_which_wins(hedg
     assert metric("hedges_sent", call.hop) == metric("hedges_won", call.hop) == 1
     attempts = sorted(spans.get_finished_spans(), key=lambda s: s.attributes["scoregraph.hedge.attempt"])
     assert [
-        (s.name, s.attributes["scoregraph.hedge.outcome"], s.attributes["server.address"]) for s in attempts
+        (
+            s.name,
+            s.attributes["scoregraph.hedge.attempt"],
+            s.attributes["scoregraph.retry.attempt"],
+            s.attributes["scoregraph.hedge.outcome"],
+            s.attributes["server.address"],
+        )
+        for s in attempts
     ] == [
-        (f"{call.hop} attempt", "cancelled", ""),
-        (f"{call.hop} attempt", "won", ""),
+        (f"{call.hop} attempt", 1, 1, "cancelled", ""),
+        (f"{call.hop} attempt", 2, 1, "won", ""),
     ]
     assert attempts[0].parent == attempts[1].parent  # siblings
     # Each attempt carries its own span's context.
@@ -326,6 +333,23 @@ async def test_retries_stop_after_max_attempts(hedged) -> None:
     assert sorted(len(r.calls) for r in down) == [0, 1, 1, 1]  # each retry elsewhere
 
 
+async def test_each_retry_is_an_attempt_span_numbered_by_its_try(hedged, spans) -> None:
+    flaky = ScriptedReplica("flaky", fails(grpc.StatusCode.UNAVAILABLE))
+    call = hedged(flaky, ScriptedReplica("ok", answers("ok")), hedge=HedgePolicy(enabled=False))
+
+    assert await call(call_replica, deadline()) == "ok"
+
+    attempts = sorted(spans.get_finished_spans(), key=lambda s: s.attributes["scoregraph.retry.attempt"])
+    assert [
+        (
+            s.attributes["scoregraph.retry.attempt"],
+            s.attributes["scoregraph.hedge.attempt"],
+            s.attributes["scoregraph.hedge.outcome"],
+        )
+        for s in attempts
+    ] == [(1, 1, "failed"), (2, 1, "won")]
+
+
 async def test_retries_stop_when_the_budget_is_spent(hedged) -> None:
     down = [ScriptedReplica(name, fails(grpc.StatusCode.UNAVAILABLE)) for name in "ab"]
     call = hedged(*down, hedge=HedgePolicy(enabled=False), retry=RetryPolicy(budget=0.0, burst=1))
@@ -349,6 +373,68 @@ async def test_retries_never_run_past_the_deadline(hedged) -> None:
         await call(call_replica, deadline(0.05))
 
     assert time.monotonic() - started < 0.05
+
+
+class RunsOutAfterFirstStart(Deadline):
+    """A deadline that passes between the first attempt and the retry (a backoff that overran its plan)."""
+
+    def __init__(self) -> None:
+        super().__init__(2.0, reserve_s=0.001)
+        self.starts = 0
+
+    def hop_timeout_s(self, hop: str) -> float:
+        self.starts += 1
+        if self.starts > 1:
+            raise DeadlineExceeded(f"deadline too short: 0.0 ms left, {hop} not called")
+        return super().hop_timeout_s(hop)
+
+
+async def test_a_deadline_that_passes_during_the_backoff_fails_the_hop_as_its_last_attempt_did(
+    hedged,
+) -> None:
+    down = [ScriptedReplica(name, fails(grpc.StatusCode.UNAVAILABLE)) for name in "ab"]
+    call = hedged(*down, hedge=HedgePolicy(enabled=False))
+
+    with pytest.raises(AttemptFailed) as failure:
+        await call(call_replica, RunsOutAfterFirstStart())
+
+    assert failure.value.code is grpc.StatusCode.UNAVAILABLE
+    assert sum(len(r.calls) for r in down) == 1
+    assert metric("deadline_exceeded", call.hop) == 1
+
+
+@dataclass
+class LateDeadlineReplica:
+    """A replica whose client reports its deadline a second late (a loaded gRPC client can be tens of ms
+    late): it ignores the timeout it is given and fails only after `late_by_s`."""
+
+    name: str
+    late_by_s: float = 1.0
+    calls: int = 0
+
+    async def __call__(self, timeout_s: float, headers: dict[str, str]) -> str:
+        self.calls += 1
+        await asyncio.sleep(timeout_s + self.late_by_s)
+        raise AttemptFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+async def test_the_hops_timeout_holds_even_when_the_clients_deadline_fires_late(hedged, spans) -> None:
+    late, healthy = LateDeadlineReplica("late"), ScriptedReplica("healthy", answers("ok"))
+    call = hedged(late, healthy, hedge=HedgePolicy(enabled=False))
+
+    started = time.monotonic()
+    with pytest.raises(AttemptFailed) as failure:
+        await call(call_replica, deadline(0.1, reserve_s=0.02))
+
+    # The 80 ms the hop had (and some slack for a loaded test machine), not the 1.08 s its client took.
+    assert time.monotonic() - started < 0.5
+    assert failure.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert metric("deadline_exceeded", call.hop) == 1
+    [attempt] = spans.get_finished_spans()
+    assert attempt.attributes["scoregraph.hedge.outcome"] == "failed"
+    # Like a replica that let a call run out its deadline, it is passed over for a while.
+    assert call.replicas.pick() is call.replicas.replicas[1]
+    assert call.replicas.pick() is call.replicas.replicas[1]
 
 
 async def test_no_attempt_starts_without_time_beyond_the_reserve(hedged) -> None:
