@@ -1,5 +1,6 @@
 """Server and client spans, the attribute allow-list, RED metrics, and the export configuration."""
 
+import asyncio
 from collections.abc import Iterator
 
 import grpc
@@ -37,6 +38,17 @@ def spans(monkeypatch) -> Iterator[InMemorySpanExporter]:
     monkeypatch.setattr(tracing.trace, "get_tracer", lambda name: provider.get_tracer(name))
     yield exporter
     provider.shutdown()
+
+
+async def finished_spans(spans: InMemorySpanExporter, count: int) -> tuple:
+    """The spans finished once `count` have (within a second). A server that aborts a call sends its status
+    before the abort unwinds through the interceptors, so the caller can see the error a moment before the
+    server's span ends."""
+    for _ in range(100):
+        if len(spans.get_finished_spans()) >= count:
+            break
+        await asyncio.sleep(0.01)
+    return spans.get_finished_spans()
 
 
 def server_requests(code: str) -> float:
@@ -93,7 +105,7 @@ async def test_failed_calls_carry_their_status_and_no_request_data(serve_gateway
         )
 
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    [span] = spans.get_finished_spans()
+    [span] = await finished_spans(spans, 1)
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "card_number" not in span.attributes
     assert TEST_PAN not in repr(span.to_json())
