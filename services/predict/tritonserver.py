@@ -9,6 +9,11 @@ uses only the standard library, and the server it starts gets the triton environ
 
 import argparse
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +207,8 @@ def server_command(
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(
         prog="python -m services.predict.tritonserver",
-        description="Exec tritonserver from the triton environment. Other options go to tritonserver.",
+        description="Run tritonserver from the triton environment, killing it should it hang after a crash. "
+        "Other options go to tritonserver.",
     )
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -230,7 +236,49 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         extra_args=extra_args,
     )
     remove_stale_shm(args.grpc_port)
-    os.execve(command.argv[0], command.argv, command.env)
+    sys.exit(run_watched(command, leave_stops_to_server=True))
+
+
+# tritonserver's handler for a fatal signal prints this, then a backtrace, then exits. When the crash was in
+# the allocator, the backtrace can deadlock and the server hangs forever, port open and answering nothing.
+_FATAL_SIGNAL_LINE = re.compile(r"^Signal \((\d+)\) received\.")
+_FATAL_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
+
+
+def run_watched(command: ServerCommand, *, grace_s: float = 5.0, leave_stops_to_server: bool = False) -> int:
+    """Run tritonserver, relaying its output; if it reports a fatal signal and has not exited `grace_s`
+    later, kill it. Returns the exit status a shell would give (128 + the signal after a crash), so a
+    supervisor restarts a crashed server rather than leave a hung one in place.
+
+    With `leave_stops_to_server`, this process ignores SIGTERM and SIGINT once the server runs: tritonserver
+    gets them with its process group, drains, and its exit ends this process."""
+    child = subprocess.Popen(
+        command.argv, env=command.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if leave_stops_to_server:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+    crashed: list[int] = []
+    assert child.stdout is not None
+    for line in child.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        fatal = _FATAL_SIGNAL_LINE.match(line)
+        if fatal and int(fatal.group(1)) in _FATAL_SIGNALS and not crashed:
+            crashed.append(int(fatal.group(1)))
+            watchdog = threading.Timer(grace_s, _kill_if_running, [child])
+            watchdog.daemon = True
+            watchdog.start()
+    status = child.wait()
+    if crashed:
+        return 128 + crashed[0]
+    return 128 - status if status < 0 else status
+
+
+def _kill_if_running(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        print("tritonserver hung after a fatal signal: killing it", flush=True)
+        child.kill()
 
 
 if __name__ == "__main__":

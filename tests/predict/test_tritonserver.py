@@ -1,11 +1,15 @@
 import os
+import signal
+import time
 
 import pytest
 
 from services.predict.tritonserver import (
     TRITON_ENV_VARIABLE,
+    ServerCommand,
     TritonInstallation,
     remove_stale_shm,
+    run_watched,
     server_command,
     shm_prefix,
 )
@@ -57,3 +61,33 @@ def test_a_killed_servers_shared_memory_is_removed_and_no_other_servers(tmp_path
 
     assert sorted(remove_stale_shm(8001, shm=tmp_path)) == sorted(mine)
     assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
+# --- the watchdog around tritonserver: a stand-in process plays the server (pure process handling) ---------
+
+
+def watched(script: str, grace_s: float = 0.2) -> tuple[int, float]:
+    started = time.monotonic()
+    status = run_watched(ServerCommand(["/bin/sh", "-c", script], dict(os.environ)), grace_s=grace_s)
+    return status, time.monotonic() - started
+
+
+def test_a_server_that_hangs_after_a_fatal_signal_is_killed_and_reported_crashed(capfd):
+    # What tritonserver printed before hanging in its crash handler (seen under traced load).
+    status, took_s = watched('echo "Signal (11) received."; exec sleep 60')
+
+    assert status == 128 + signal.SIGSEGV
+    assert took_s < 10
+    assert "Signal (11) received." in capfd.readouterr().out
+
+
+def test_a_server_that_exits_on_its_own_keeps_its_status():
+    assert watched("exit 3")[0] == 3
+    assert watched("kill -KILL $$")[0] == 128 + signal.SIGKILL
+
+
+def test_a_graceful_stop_is_not_taken_for_a_crash():
+    # tritonserver prints the same line for SIGTERM, then drains and exits 0.
+    status, took_s = watched('echo "Signal (15) received."; sleep 0.5; exit 0')
+
+    assert (status, took_s < 10) == (0, True)
