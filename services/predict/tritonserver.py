@@ -259,17 +259,25 @@ def run_watched(command: ServerCommand, *, grace_s: float = 5.0, leave_stops_to_
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
     crashed: list[int] = []
-    assert child.stdout is not None
-    for line in child.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        fatal = _FATAL_SIGNAL_LINE.match(line)
-        if fatal and int(fatal.group(1)) in _FATAL_SIGNALS and not crashed:
-            crashed.append(int(fatal.group(1)))
-            watchdog = threading.Timer(grace_s, _kill_if_running, [child])
-            watchdog.daemon = True
-            watchdog.start()
+
+    def relay() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            fatal = _FATAL_SIGNAL_LINE.match(line)
+            if fatal and int(fatal.group(1)) in _FATAL_SIGNALS and not crashed:
+                crashed.append(int(fatal.group(1)))
+                watchdog = threading.Timer(grace_s, _kill_if_running, [child])
+                watchdog.daemon = True
+                watchdog.start()
+
+    # Output is relayed on a thread of its own: the Python backend's stubs inherit the pipe and can outlive
+    # a killed server, so its end is not the server's end. The server's exit is.
+    relaying = threading.Thread(target=relay, name="tritonserver-output", daemon=True)
+    relaying.start()
     status = child.wait()
+    relaying.join(timeout=1.0)
     if crashed:
         return 128 + crashed[0]
     return 128 - status if status < 0 else status

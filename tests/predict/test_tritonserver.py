@@ -86,6 +86,15 @@ def test_a_server_that_exits_on_its_own_keeps_its_status():
     assert watched("kill -KILL $$")[0] == 128 + signal.SIGKILL
 
 
+def test_a_killed_server_is_reported_even_while_its_children_hold_its_output_open():
+    # The Python backend's stubs inherit tritonserver's stdout and outlive it for a while (here 5 s, after
+    # which the stand-in's child is gone too).
+    status, took_s = watched("sleep 5 & kill -KILL $$")
+
+    assert status == 128 + signal.SIGKILL
+    assert took_s < 4
+
+
 def test_a_graceful_stop_is_not_taken_for_a_crash():
     # tritonserver prints the same line for SIGTERM, then drains and exits 0.
     status, took_s = watched('echo "Signal (15) received."; sleep 0.5; exit 0')
