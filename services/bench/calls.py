@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,27 +21,25 @@ CALL_TIMEOUT_S = 5.0
 
 
 @asynccontextmanager
-async def score_call(address: str, requests: list[gateway_pb2.ScoreRequest]) -> AsyncIterator[Call]:
+async def _unary_call(address: str, stub_type: type, method: str, requests: list[Any]) -> AsyncIterator[Call]:
+    """`stub_type(channel).<method>` on `address`, call i sending requests[i] (cycling), over one channel."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        rpc = getattr(stub_type(channel), method)
+
+        async def call(i: int) -> Any:
+            return await rpc(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
+
+        yield call
+
+
+def score_call(address: str, requests: list[gateway_pb2.ScoreRequest]) -> AsyncContextManager[Call]:
     """GatewayService.Score on `address` (the graph's gateway or the monolith)."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-
-        async def call(i: int) -> gateway_pb2.ScoreResponse:
-            return await stub.Score(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
-
-        yield call
+    return _unary_call(address, gateway_pb2_grpc.GatewayServiceStub, "Score", requests)
 
 
-@asynccontextmanager
-async def features_call(address: str, requests: list[features_pb2.GetFeaturesRequest]) -> AsyncIterator[Call]:
+def features_call(address: str, requests: list[features_pb2.GetFeaturesRequest]) -> AsyncContextManager[Call]:
     """FeaturesService.GetFeatures on one features replica, as the gateway calls it."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = features_pb2_grpc.FeaturesServiceStub(channel)
-
-        async def call(i: int) -> features_pb2.GetFeaturesResponse:
-            return await stub.GetFeatures(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
-
-        yield call
+    return _unary_call(address, features_pb2_grpc.FeaturesServiceStub, "GetFeatures", requests)
 
 
 @asynccontextmanager

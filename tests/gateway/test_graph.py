@@ -253,9 +253,10 @@ async def test_a_deadline_too_short_calls_no_hop(make_graph, upstreams) -> None:
 
 async def test_a_hop_that_uses_up_the_deadline_degrades_within_it(make_graph, upstreams) -> None:
     upstreams.features.answer = slow(1.0, features_answer())
+    graph = make_graph(hop_reserve_ms=20)
     started = time.monotonic()
 
-    assessment = await make_graph(hop_reserve_ms=20).score(valid_request(), budget_s=0.2)
+    assessment = await graph.score(valid_request(), budget_s=0.2)
 
     assert time.monotonic() - started < 0.2
     assert (assessment.verdict, assessment.degraded) == (Verdict.UNCERTAIN, True)
