@@ -10,8 +10,10 @@ Contenders, all on this machine, fed the same live transactions:
   over OTLP to a receiver in a process of its own;
 - the monolith: validation, Feast, onnxruntime and the policy in one process (services.bench.monolith).
 Each is driven one call at a time (its latency floor), then open loop at rates that close in on its
-saturation. Then: the graph at half its saturation rate; hedging on and off with one slow features replica;
-the graph's saturation with tracing at 100 % sampling and, on a stack of its own, off. The report
+saturation. Then: the graph at half its saturation rate; hedging on and off with one slow features replica,
+beside the healthy stack; the graph's saturation with tracing at 100 % sampling and, on a stack of its own,
+off. Each of these comparisons drives its contenders in turns of a few seconds, with their stacks up side by
+side, so they share what the machine's neighbours do. The report
 (markdown with issue #6's targets, and PNG plots) goes to results/bench-<time>/.
 """
 
@@ -32,7 +34,7 @@ import psutil
 from services.bench.bare_grpc import bare_call
 from services.bench.calls import features_call, score_call, triton_call
 from services.bench.feast_contenders import feast_sdk_call, feast_server_call, start_feast_server
-from services.bench.hedging import measure_hedging, measure_slow_replica
+from services.bench.hedging import measure_slow_replica
 from services.bench.inputs import BenchInputs, bench_inputs
 from services.bench.measure import SweepPlan, console, measure_contender, measure_floor, run_step
 from services.bench.processes import (
@@ -48,10 +50,9 @@ from services.bench.processes import (
 from services.bench.report import write_report
 from services.bench.results import SLO_P99_MS, BenchResults, Contender
 from services.bench.tracing import (
+    BSP_SCHEDULE_DELAY_MS,
     RECEIVER_ENDPOINT,
-    TRACED,
-    measure_saturation,
-    measure_untraced,
+    measure_tracing,
     spans_received,
     start_receiver,
     tracing_on,
@@ -116,8 +117,9 @@ async def measure_graph_stack(
     progress: Progress,
     receiver: Spawned,
 ) -> None:
-    """Everything measured on the graph's stack, traced to `receiver`: Triton's floor, the healthy hedging
-    run, the graph's sweep and half-load run, its saturation, and one features replica on its own."""
+    """Everything measured on the graph's stack, traced to `receiver`: Triton's floor, the hedging runs
+    (beside a stack with a slow replica), the graph's sweep and half-load run, its saturation with and
+    without tracing (beside an untraced stack), and one features replica on its own."""
     requests = inputs.score_requests
     progress("graph stack: starting")
     traced = tracing_on(RECEIVER_ENDPOINT)
@@ -128,11 +130,13 @@ async def measure_graph_stack(
         results.contenders.append(
             Contender("triton_floor", "floor: Triton ModelInfer (tritonclient, direct)", floor)
         )
-        # Before the sweep, as on the slow stack: the hedging delay follows recent latency, which a sweep
-        # to saturation would leave high.
-        progress("graph stack: hedging, healthy")
-        results.hedging["healthy"] = await measure_hedging(
-            "healthy", stack.gateway, stack.gateway_metrics_url, requests, plan.hedging_rate, plan.hedging_s
+        # Before the sweep: the hedging delay follows recent latency, which a sweep to saturation would
+        # leave high.
+        progress("stack with a slow features replica beside it: hedging healthy, off and on, in turns")
+        results.hedging.update(
+            await measure_slow_replica(
+                out, requests, plan.hedging_rate, plan.hedging_s, traced, healthy=stack
+            )
         )
         progress("graph stack: Gateway.Score")
         async with score_call(stack.gateway, requests) as call:
@@ -144,9 +148,11 @@ async def measure_graph_stack(
                 rate = round(graph.max_sustained_rate / 2)
                 progress(f"graph stack: Gateway.Score at half its max sustained rate, {rate}/s")
                 results.half_load = await run_step(call, stack.tree, rate, plan.sweep.step_s)
-        progress("graph stack: saturation, tracing on")
-        results.tracing["on"] = await measure_saturation(
-            TRACED, stack.gateway, requests, plan.saturation_s, plan.saturation_concurrency, receiver
+        progress("untraced stack beside it: saturation, tracing on and off, in turns")
+        results.tracing.update(
+            await measure_tracing(
+                out, stack, receiver, requests, plan.saturation_s, plan.saturation_concurrency
+            )
         )
         progress("graph stack: features service (features-0 alone)")
         async with features_call(stack.address("features-0"), inputs.feature_requests) as call:
@@ -190,7 +196,6 @@ async def measure_monolith_and_feast_server(
 async def run_bench(out: Path, plan: BenchPlan, progress: Progress) -> BenchResults:
     progress("inputs: live transactions, Feast rows, model vectors")
     inputs = bench_inputs(load_live(), DISTINCT_INPUTS)
-    requests = inputs.score_requests
     results = BenchResults([])
 
     progress("Feast in process: floor")
@@ -215,20 +220,9 @@ async def run_bench(out: Path, plan: BenchPlan, progress: Progress) -> BenchResu
     receiver = start_receiver(out)
     try:
         await measure_graph_stack(out, plan, inputs, results, progress, receiver)
-        progress("stack with a slow features replica: hedging off, then on")
-        results.hedging.update(
-            await measure_slow_replica(
-                out, requests, plan.hedging_rate, plan.hedging_s, tracing_on(RECEIVER_ENDPOINT)
-            )
-        )
     finally:
         receiver.stop()
     results.tracing["on"].spans_by_service = spans_received(receiver)
-
-    progress("untraced stack: saturation, tracing off")
-    results.tracing["off"] = await measure_untraced(
-        out, requests, plan.saturation_s, plan.saturation_concurrency
-    )
 
     await measure_monolith_and_feast_server(out, plan, inputs, results, progress)
     results.contenders.sort(key=lambda c: ORDER.index(c.key))
@@ -248,6 +242,7 @@ def machine(mode: str, plan: BenchPlan, duration_s: float) -> dict:
         "mode": mode,
         "duration_s": duration_s,
         "saturation_concurrency": plan.saturation_concurrency,
+        "bsp_schedule_delay_ms": BSP_SCHEDULE_DELAY_MS,
         "slo_p99_ms": SLO_P99_MS,
     }
 

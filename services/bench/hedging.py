@@ -3,21 +3,26 @@ slow with it, and the extra features requests hedging cost, from the gateway's o
 
 The slow replica is `features-1` delaying 5 % of its calls by 50 ms: with two replicas taken in turn, 2.5 % of
 calls are slow, enough to set an unhedged p99 and nowhere near the median. Both slow runs share one stack: its
-own gateway hedges, a second gateway on the same replicas does not.
+own gateway hedges, a second gateway on the same replicas does not. The healthy run is on a stack of its own,
+up at the same time. The three gateways are driven in turns of a few seconds, so that the machine's
+neighbours, which come and go, weigh on all three alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.bench.calls import score_call
-from services.bench.loadgen import open_loop
+from services.bench.loadgen import interleaved, open_loop
 from services.bench.measure import console
-from services.bench.processes import STACK_SLOTS, local_get, running_stack, stack_ports
+from services.bench.processes import STACK_SLOTS, LocalStack, local_get, running_stack, stack_ports
 from services.bench.results import HedgingRun
 from services.bench.tracing import TRACING_OFF
 
@@ -76,32 +81,64 @@ def hop_summary(before: Counters, after: Counters, hop: str) -> dict[str, float]
     }
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """A gateway the hedging runs drive, and where its Prometheus counters are read."""
+
+    key: str
+    """`healthy`, `slow-unhedged` or `slow-hedged` (RUN_NAMES)."""
+    address: str
+    metrics_url: str
+
+
+#: Length of one turn of each gateway in the interleaved hedging runs.
+SLICE_S = 4.0
+
+
 async def measure_hedging(
-    key: str,
-    gateway: str,
-    metrics_url: str,
+    gateways: Sequence[Gateway],
     requests: list[gateway_pb2.ScoreRequest],
     rate: float,
     seconds: float,
-) -> HedgingRun:
-    """Open loop at `rate` for `seconds` after a warm-up as long as a quarter of it, long enough for the
-    hedging delay to adapt to the stack's latency."""
-    name = RUN_NAMES[key]
-    async with score_call(gateway, requests) as call:
-        await open_loop(call, rate, max(seconds / 4, 2.0))
-        before = metrics_counters(metrics_url)
-        run = await open_loop(call, rate, seconds)
-        after = metrics_counters(metrics_url)
-    features = hop_summary(before, after, "features")
-    result = HedgingRun(
-        name, run, features["calls"], features["attempts"], features["hedges_sent"], features["hedges_won"]
-    )
-    console.log(
-        f"hedging, {name}: {rate:.0f}/s -> p50 {run.percentile_ms(50):.2f} ms, "
-        f"p99 {run.percentile_ms(99):.2f} ms, p999 {run.percentile_ms(99.9):.2f} ms, "
-        f"extra features requests {result.extra_ratio:.1%}, {run.errors} errors"
-    )
-    return result
+) -> dict[str, HedgingRun]:
+    """Each gateway open loop at `rate` for `seconds` in all, in interleaved turns of about SLICE_S (so
+    all of them see the same machine), after a warm-up of each as long as a quarter of that, long enough
+    for the hedging delay to adapt to the stack's latency."""
+    rounds = max(1, round(seconds / SLICE_S))
+    async with contextlib.AsyncExitStack() as calls:
+        call_of = {
+            gateway.key: await calls.enter_async_context(score_call(gateway.address, requests))
+            for gateway in gateways
+        }
+        for call in call_of.values():
+            await open_loop(call, rate, max(seconds / 4, 2.0))
+        before = {gateway.key: metrics_counters(gateway.metrics_url) for gateway in gateways}
+        runs = await interleaved(
+            {
+                key: functools.partial(open_loop, call, rate, seconds / rounds)
+                for key, call in call_of.items()
+            },
+            rounds,
+        )
+        after = {gateway.key: metrics_counters(gateway.metrics_url) for gateway in gateways}
+    results = {}
+    for key, run in runs.items():
+        features = hop_summary(before[key], after[key], "features")
+        result = HedgingRun(
+            RUN_NAMES[key],
+            run,
+            features["calls"],
+            features["attempts"],
+            features["hedges_sent"],
+            features["hedges_won"],
+        )
+        console.log(
+            f"hedging, {result.name}: {rate:.0f}/s -> p50 {run.percentile_ms(50):.2f} ms, "
+            f"p99 {run.percentile_ms(99):.2f} ms, p999 {run.percentile_ms(99.9):.2f} ms, "
+            f"extra features requests {result.extra_ratio:.1%}, {run.errors} errors"
+        )
+        results[key] = result
+    return results
 
 
 async def measure_slow_replica(
@@ -110,10 +147,11 @@ async def measure_slow_replica(
     rate: float,
     seconds: float,
     tracing: Mapping[str, str] = TRACING_OFF,
+    healthy: LocalStack | None = None,
 ) -> dict[str, HedgingRun]:
-    """`slow-unhedged` and `slow-hedged` on one stack whose `features-1` is slow (a fault is set when a
-    stack starts), traced as `tracing` says: the stack's gateway hedges, a second one started beside it
-    does not."""
+    """`slow-unhedged` and `slow-hedged` (and `healthy` on the `healthy` stack, when given) in interleaved
+    turns, on one stack whose `features-1` is slow (a fault is set when a stack starts), traced as
+    `tracing` says: the stack's gateway hedges, a second one started beside it does not."""
     first = STACK_SLOTS["slow"]
     with running_stack(
         out / "stack-slow.log", {**tracing, **SLOW_FEATURES_REPLICA}, stack_ports(first)
@@ -121,19 +159,16 @@ async def measure_slow_replica(
         port, metrics_port = first + 52, first + 469
         unhedged = stack.start_gateway(port, metrics_port, FEATURES_HEDGING_OFF, out / "gateway-unhedged.log")
         try:
-            runs = {
-                "slow-unhedged": await measure_hedging(
+            gateways = [
+                Gateway(
                     "slow-unhedged",
                     f"{stack.settings.host}:{port}",
                     f"http://{stack.settings.host}:{metrics_port}/metrics",
-                    requests,
-                    rate,
-                    seconds,
-                )
-            }
+                ),
+                Gateway("slow-hedged", stack.gateway, stack.gateway_metrics_url),
+            ]
+            if healthy is not None:
+                gateways.insert(0, Gateway("healthy", healthy.gateway, healthy.gateway_metrics_url))
+            return await measure_hedging(gateways, requests, rate, seconds)
         finally:
             unhedged.stop()
-        runs["slow-hedged"] = await measure_hedging(
-            "slow-hedged", stack.gateway, stack.gateway_metrics_url, requests, rate, seconds
-        )
-    return runs

@@ -66,17 +66,21 @@ has no tracing. `feast serve` runs one worker (as one features replica is one pr
 {targets_table(results)}
 
 ## Hedging with one slow replica
-Gateway.Score at a fixed open-loop rate, after a warm-up: healthy on the graph's stack, then on a stack whose
-`features-1` delays 5 % of its calls by 50 ms, through a gateway that does not hedge the features hop and
-through the stack's own, which does. Extra features requests are the requests beyond one per call (hedges and
-retries), from each gateway's own counters.
+Gateway.Score at a fixed open-loop rate, after a warm-up: healthy on the graph's stack, and on a stack whose
+`features-1` delays 5 % of its calls by 50 ms, up beside it, through a gateway that does not hedge the
+features hop and through the stack's own, which does. The three gateways are driven in turns of a few seconds
+(the order rotating), so that all three see the same machine. Extra features requests are the requests beyond
+one per call (hedges and retries), from each gateway's own counters.
 
 {hedging_table(results)}
 
 ## Tracing at 100 % sampling
 Gateway.Score at saturation (closed loop, {machine["saturation_concurrency"]} calls in flight) on the graph's
 stack, every call traced in every process (Triton included) and exported over OTLP/HTTP to a receiver in a
-process of its own on the same cores, and on a stack of its own with tracing off.
+process of its own on the same cores, and on a stack with tracing off up beside it. The two are driven in
+turns of a few seconds, each followed by a pause in which the traced stack exports what is left (its span
+processors' schedule delay is {machine["bsp_schedule_delay_ms"]} ms in the benchmark, 5000 by default; under
+load they export every 512 spans either way).
 
 {tracing_table(results)}
 

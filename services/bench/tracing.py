@@ -3,13 +3,18 @@ and exported over OTLP to a receiver in a process of its own (where a collector 
 
 Saturation is measured closed loop, `concurrency` calls always in flight: the calls answered per second then
 are the graph's capacity, a figure fine enough to compare two modes within 10 %, which the open-loop steps
-are not. The receiver runs on the same cores, so its CPU is reported beside the graph's figures.
+are not. Both stacks are up together and driven in turns of a few seconds: measured one after the other,
+the two modes would also measure what the machine's neighbours did in between. The receiver runs on the
+same cores, so its CPU is reported beside the graph's figures.
 
     python -m services.bench.tracing      # the receiver: counts spans by service until SIGTERM
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import signal
 import sys
@@ -21,12 +26,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.bench.calls import score_call
-from services.bench.loadgen import closed_loop
+from services.bench.loadgen import closed_loop, interleaved
 from services.bench.measure import console
 from services.bench.processes import (
     OTLP_GRPC_PORT,
     OTLP_HTTP_PORT,
     STACK_SLOTS,
+    LocalStack,
     Spawned,
     cpu_seconds,
     listening,
@@ -50,9 +56,16 @@ RECEIVER_ENDPOINT = f"http://127.0.0.1:{OTLP_HTTP_PORT}"
 TRACED = "on (100 % sampled)"
 
 
+#: The span processors' schedule delay in the benchmark's traced stacks (OpenTelemetry's default is 5000 ms).
+#: Under load they export whenever 512 spans are queued, whatever the delay; it only bounds how long the
+#: last few wait, which the interleaved saturation turns need to be short.
+BSP_SCHEDULE_DELAY_MS = 1000
+
+
 def tracing_on(endpoint: str) -> dict[str, str]:
     """Every call sampled, every process exporting over OTLP/HTTP (what tritonserver speaks) to `endpoint`."""
     return {
+        "OTEL_BSP_SCHEDULE_DELAY": str(BSP_SCHEDULE_DELAY_MS),
         "SCOREGRAPH_TRACES_COLLECT": "false",
         "OTEL_SDK_DISABLED": "false",
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -62,27 +75,59 @@ def tracing_on(endpoint: str) -> dict[str, str]:
     }
 
 
-async def measure_saturation(
-    name: str,
-    gateway: str,
+#: Length of one turn of each mode in the interleaved saturation runs.
+SLICE_S = 2.5
+#: Pause after each turn: the traced stack's span processors export what the turn left within their
+#: schedule delay (BSP_SCHEDULE_DELAY_MS), not during the untraced turn that follows.
+SETTLE_S = 1.5
+
+
+async def measure_tracing(
+    out: Path,
+    traced: LocalStack,
+    receiver: Spawned,
     requests: list[gateway_pb2.ScoreRequest],
     seconds: float,
     concurrency: int,
-    receiver: Spawned | None = None,
-) -> TracingRun:
-    """Calls answered per second with `concurrency` in flight, after a warm-up; and the receiver's CPU."""
-    async with score_call(gateway, requests) as call:
-        await closed_loop(call, seconds=min(3.0, seconds / 2), concurrency=concurrency)
-        receiver_before = cpu_seconds(receiver.tree) if receiver else 0.0
-        run = await closed_loop(call, seconds=seconds, concurrency=concurrency)
-    result = TracingRun(name, run)
-    if receiver:
-        result.receiver_cpu_per_1000 = (cpu_seconds(receiver.tree) - receiver_before) / max(run.ok, 1) * 1000
-    console.log(
-        f"tracing {name}: {run.achieved_rate:.0f} calls/s at saturation ({concurrency} in flight), "
-        f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, {run.errors} errors"
-    )
-    return result
+) -> dict[str, TracingRun]:
+    """Saturation with tracing `off` and `on`: `traced` (exporting to `receiver`) beside a stack started
+    with tracing off, each driven closed loop with `concurrency` calls in flight for `seconds` in all, in
+    interleaved turns of about SLICE_S after a warm-up, so both modes see the same machine. The receiver's
+    CPU over the runs is charged to the traced calls."""
+    rounds = max(1, round(seconds / SLICE_S))
+    with running_stack(
+        out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"])
+    ) as untraced:
+        async with contextlib.AsyncExitStack() as calls:
+            call_of = {
+                key: await calls.enter_async_context(score_call(stack.gateway, requests))
+                for key, stack in (("off", untraced), ("on", traced))
+            }
+            for call in call_of.values():
+                await closed_loop(call, seconds=min(3.0, seconds / 2), concurrency=concurrency)
+            await asyncio.sleep(SETTLE_S)
+            receiver_before = cpu_seconds(receiver.tree)
+            runs = await interleaved(
+                {
+                    key: functools.partial(
+                        closed_loop, call, seconds=seconds / rounds, concurrency=concurrency
+                    )
+                    for key, call in call_of.items()
+                },
+                rounds,
+                pause_s=SETTLE_S,
+            )
+            receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
+    results = {"off": TracingRun("off", runs["off"]), "on": TracingRun(TRACED, runs["on"])}
+    results["on"].receiver_cpu_per_1000 = receiver_cpu / max(runs["on"].ok, 1) * 1000
+    for result in results.values():
+        run = result.run
+        console.log(
+            f"tracing {result.name}: {run.achieved_rate:.0f} calls/s at saturation "
+            f"({concurrency} in flight), "
+            f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, {run.errors} errors"
+        )
+    return results
 
 
 class SpanCounter(TraceCollector):
@@ -120,37 +165,6 @@ def spans_received(receiver: Spawned) -> dict[str, int]:
         return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         raise RuntimeError(f"the OTLP receiver printed no counts:\n{receiver.log_tail()}") from None
-
-
-async def measure_traced(
-    out: Path,
-    requests: list[gateway_pb2.ScoreRequest],
-    seconds: float,
-    concurrency: int,
-) -> TracingRun:
-    """Saturation with 100 % sampling, on a stack of its own exporting to a receiver of its own. The spans
-    counted are the whole stack's life: warm-up, run, and what the services flush as they stop."""
-    receiver = start_receiver(out)
-    try:
-        ports = stack_ports(STACK_SLOTS["graph"])
-        with running_stack(out / "stack-traced.log", tracing_on(RECEIVER_ENDPOINT), ports) as stack:
-            result = await measure_saturation(TRACED, stack.gateway, requests, seconds, concurrency, receiver)
-    finally:
-        receiver.stop()
-    result.spans_by_service = spans_received(receiver)
-    return result
-
-
-async def measure_untraced(
-    out: Path,
-    requests: list[gateway_pb2.ScoreRequest],
-    seconds: float,
-    concurrency: int,
-) -> TracingRun:
-    """Saturation with tracing off, on a stack of its own (the others are traced)."""
-    ports = stack_ports(STACK_SLOTS["untraced"])
-    with running_stack(out / "stack-untraced.log", TRACING_OFF, ports) as stack:
-        return await measure_saturation("off", stack.gateway, requests, seconds, concurrency)
 
 
 def receive_until_stopped() -> None:

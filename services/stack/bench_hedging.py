@@ -28,7 +28,6 @@ from services.bench.hedging import (
     SLOW_FEATURES_REPLICA,
     counter,
     hop_summary,
-    measure_hedging,
     measure_slow_replica,
     metrics_counters,
 )
@@ -49,6 +48,7 @@ __all__ = [
     "hop_summary",
     "metrics_counters",
     "running",
+    "score_once",
     "stack_ports",
 ]
 
@@ -65,6 +65,18 @@ class Outcome:
     """time.monotonic() when the answer (or error) came."""
 
 
+def score_once(
+    stub: gateway_pb2_grpc.GatewayServiceStub, request: gateway_pb2.ScoreRequest, timeout_s: float
+) -> Outcome:
+    """One blocking Score call with its own deadline, and its outcome."""
+    started = time.perf_counter()
+    try:
+        reply = stub.Score(request, timeout=timeout_s)
+    except grpc.RpcError as error:
+        return Outcome(time.perf_counter() - started, error.code().name, False, time.monotonic())
+    return Outcome(time.perf_counter() - started, "OK", reply.degraded, time.monotonic())
+
+
 def drive(
     address: str, requests: Sequence[gateway_pb2.ScoreRequest], *, concurrency: int, timeout_s: float
 ) -> list[Outcome]:
@@ -73,17 +85,8 @@ def drive(
     Blocking and closed loop, for tests that need every call's outcome rather than latency figures."""
     with grpc.insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-
-        def score(request: gateway_pb2.ScoreRequest) -> Outcome:
-            started = time.perf_counter()
-            try:
-                reply = stub.Score(request, timeout=timeout_s)
-            except grpc.RpcError as error:
-                return Outcome(time.perf_counter() - started, error.code().name, False, time.monotonic())
-            return Outcome(time.perf_counter() - started, "OK", reply.degraded, time.monotonic())
-
         with ThreadPoolExecutor(concurrency) as pool:
-            return list(pool.map(score, requests))
+            return list(pool.map(lambda request: score_once(stub, request, timeout_s), requests))
 
 
 async def measure_all(rate: float, seconds: float) -> BenchResults:
@@ -91,11 +94,8 @@ async def measure_all(rate: float, seconds: float) -> BenchResults:
     results = BenchResults([])
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        with running(out / "stack-healthy.log", TRACING_OFF, stack_ports(STACK_SLOTS["graph"])) as stack:
-            results.hedging["healthy"] = await measure_hedging(
-                "healthy", stack.gateway, stack.gateway_metrics_url, requests, rate, seconds
-            )
-        results.hedging.update(await measure_slow_replica(out, requests, rate, seconds))
+        with running(out / "stack-healthy.log", TRACING_OFF, stack_ports(STACK_SLOTS["graph"])) as healthy:
+            results.hedging.update(await measure_slow_replica(out, requests, rate, seconds, healthy=healthy))
     return results
 
 

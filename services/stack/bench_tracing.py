@@ -2,8 +2,8 @@
 
     python -m services.stack.bench_tracing [--seconds 15] [--concurrency 16]
 
-Gateway.Score at saturation on a stack with tracing off, then on one where every process samples every call
-and exports it over OTLP/HTTP to a receiver in a process of its own.
+Gateway.Score at saturation, in turns, on a stack with tracing off and on one where every process samples
+every call and exports it over OTLP/HTTP to a receiver in a process of its own.
 """
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from services.bench.processes import STACK_SLOTS, running_stack, stack_ports
 from services.bench.results import BenchResults
 from services.bench.tables import tracing_table
-from services.bench.tracing import measure_traced, measure_untraced
+from services.bench.tracing import (
+    RECEIVER_ENDPOINT,
+    measure_tracing,
+    spans_received,
+    start_receiver,
+    tracing_on,
+)
 from services.stack.traffic import load_live, score_request
 
 
@@ -25,14 +32,20 @@ async def measure_both(seconds: float, concurrency: int) -> BenchResults:
     results = BenchResults([])
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        results.tracing["off"] = await measure_untraced(out, requests, seconds, concurrency)
-        results.tracing["on"] = await measure_traced(out, requests, seconds, concurrency)
+        receiver = start_receiver(out)
+        try:
+            ports = stack_ports(STACK_SLOTS["graph"])
+            with running_stack(out / "stack-traced.log", tracing_on(RECEIVER_ENDPOINT), ports) as traced:
+                results.tracing = await measure_tracing(out, traced, receiver, requests, seconds, concurrency)
+        finally:
+            receiver.stop()
+        results.tracing["on"].spans_by_service = spans_received(receiver)
     return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m services.stack.bench_tracing", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=15, help="length of each saturation run")
+    parser.add_argument("--seconds", type=float, default=15, help="saturation run of each mode, in turns")
     parser.add_argument("--concurrency", type=int, default=16, help="Score calls in flight")
     args = parser.parse_args()
     print(tracing_table(asyncio.run(measure_both(args.seconds, args.concurrency))))

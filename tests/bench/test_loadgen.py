@@ -1,7 +1,9 @@
 import asyncio
 import time
 
-from services.bench.loadgen import closed_loop, open_loop
+import pytest
+
+from services.bench.loadgen import closed_loop, interleaved, merged, open_loop
 
 
 async def test_open_loop_keeps_sending_on_schedule_while_responses_are_slow():
@@ -54,3 +56,40 @@ async def test_closed_loop_for_a_duration_keeps_concurrency_calls_in_flight():
     assert most == 4
     assert result.ok == result.sent > 4
     assert result.offered_rate == result.achieved_rate
+
+
+async def test_interleaved_takes_the_contenders_in_turn_rotating_and_merges_each_ones_slices():
+    order: list[str] = []
+
+    def slice_of(key: str, delay_s: float):
+        async def call(_: int) -> None:
+            order.append(key)
+            await asyncio.sleep(delay_s)
+
+        return lambda: closed_loop(call, 3)
+
+    runs = await interleaved({"a": slice_of("a", 0.001), "b": slice_of("b", 0.02)}, rounds=2)
+
+    # Round one a then b, round two b then a: neither always follows the other.
+    assert order == ["a"] * 3 + ["b"] * 6 + ["a"] * 3
+    assert (runs["a"].ok, runs["b"].ok) == (6, 6)
+    assert runs["a"].closed and runs["b"].closed
+    # Each merged run keeps its own latencies and answers its own rate.
+    assert runs["a"].percentile_ms(100) < 20 <= runs["b"].percentile_ms(50)
+    assert runs["b"].offered_rate == runs["b"].achieved_rate < runs["a"].achieved_rate
+
+
+async def test_merged_open_loop_slices_keep_the_offered_rate_and_add_their_counts():
+    async def fine(_: int) -> None:
+        return None
+
+    first = await open_loop(fine, rate=100, duration_s=0.1)
+    second = await open_loop(fine, rate=100, duration_s=0.1)
+
+    run = merged([first, second])
+
+    assert run.offered_rate == 100
+    assert run.sent == first.sent + second.sent == 20
+    assert run.histogram.get_total_count() == 20
+    with pytest.raises(ValueError, match="open-loop and closed-loop"):
+        merged([first, await closed_loop(fine, 2)])

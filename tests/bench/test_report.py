@@ -12,6 +12,7 @@ MACHINE = {
     "mode": "quick",
     "duration_s": 1.0,
     "saturation_concurrency": 16,
+    "bsp_schedule_delay_ms": 1000,
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -6,6 +6,7 @@ are for `python -m services.stack.bench_hedging`.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scoregraph.gateway.v1 import gateway_pb2
+from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.stack.bench_hedging import (
     LocalStack,
@@ -26,6 +27,7 @@ from services.stack.bench_hedging import (
     drive,
     gateway_counters,
     hop_summary,
+    score_once,
     stack_ports,
 )
 from services.stack.topology import processes
@@ -63,30 +65,42 @@ def health(address: str) -> int | None:
 
 
 class Load:
-    """Score calls from a background thread until stopped; every call's outcome is kept."""
+    """Score calls from `concurrency` background threads over one channel until stopped, each thread
+    sending its next call as soon as the last is answered, so that calls are in flight at any moment;
+    every call's outcome is kept."""
 
     def __init__(self, stack: LocalStack, requests, *, concurrency: int = 4, timeout_s: float = 2.0) -> None:
         self.outcomes: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(stack.gateway, requests, concurrency, timeout_s)
-        )
         self.sent = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._requests = itertools.cycle(requests)
+        self._timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(stack.gateway)
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._threads = [threading.Thread(target=self._run) for _ in range(concurrency)]
 
-    def _run(self, address, requests, concurrency, timeout_s) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
-            batch = requests[: concurrency * 5]
-            self.sent += len(batch)
-            self.outcomes += drive(address, batch, concurrency=concurrency, timeout_s=timeout_s)
-            requests = requests[len(batch) :] + batch
+            with self._lock:
+                request = next(self._requests)
+                self.sent += 1
+            outcome = score_once(self._stub, request, self._timeout_s)
+            with self._lock:
+                self.outcomes.append(outcome)
+            if outcome.code != "OK":
+                time.sleep(0.01)  # a refused call fails at once: no spinning while the stack stops
 
     def __enter__(self) -> Load:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        for thread in self._threads:
+            thread.join(timeout=60)
+        self._channel.close()
 
 
 # --- one slow features and one slow Triton replica (5 % of their calls 50 ms late); killed replicas come back
