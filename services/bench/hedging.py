@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.bench.calls import score_call
-from services.bench.loadgen import interleaved, open_loop
+from services.bench.loadgen import interleaved, merged, open_loop
 from services.bench.measure import console
 from services.bench.processes import STACK_SLOTS, LocalStack, local_get, running_stack, stack_ports
 from services.bench.results import HedgingRun
@@ -122,7 +122,8 @@ async def measure_hedging(
         )
         after = {gateway.key: metrics_counters(gateway.metrics_url) for gateway in gateways}
     results = {}
-    for key, run in runs.items():
+    for key, turns in runs.items():
+        run = merged(turns)
         features = hop_summary(before[key], after[key], "features")
         result = HedgingRun(
             RUN_NAMES[key],

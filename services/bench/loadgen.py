@@ -153,9 +153,9 @@ Slice = Callable[[], Awaitable[RunResult]]
 
 async def interleaved(
     slices: Mapping[str, Slice], rounds: int, *, pause_s: float = 0.0
-) -> dict[str, RunResult]:
+) -> dict[str, list[RunResult]]:
     """Run each contender's slice `rounds` times, taking the contenders in turn (the order rotating each
-    round), and merge each one's slices.
+    round); each contender's slices, in order (`merged` makes one run of them).
 
     Two modes measured one after the other on this kind of machine see different neighbours: the same bare
     gRPC echo at 40 calls/s gave p99 7 ms in one 8 s run and 67 ms in the next. Taken in turns of a few
@@ -170,4 +170,4 @@ async def interleaved(
             parts[key].append(await slices[key]())
             if pause_s:
                 await asyncio.sleep(pause_s)
-    return {key: merged(runs) for key, runs in parts.items()}
+    return parts

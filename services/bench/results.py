@@ -73,6 +73,8 @@ class TracingRun:
 
     name: str
     run: RunResult
+    turn_rates: list[float] = field(default_factory=list)
+    """Calls answered per second in each turn of the interleaved runs, in order."""
     receiver_cpu_per_1000: float | None = None
     """CPU of the trace receiver (its own process) per 1000 calls; None when there is none."""
     spans_by_service: dict[str, int] = field(default_factory=dict)

@@ -80,6 +80,12 @@ def tracing_table(results: BenchResults) -> str:
     on, off = results.tracing.get("on"), results.tracing.get("off")
     if on and off and off.rate:
         rows.append(f"\nOn/off saturation ratio: {on.rate / off.rate:.2f}.")
+        turns = [a / b for a, b in zip(on.turn_rates, off.turn_rates, strict=False) if b]
+        if len(turns) > 1:
+            rows[-1] += (
+                f" Turn by turn (each traced turn beside the untraced turn of its round): "
+                f"{min(turns):.2f} to {max(turns):.2f} over {len(turns)} rounds."
+            )
     return "\n".join(rows)
 
 

@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.bench.calls import score_call
-from services.bench.loadgen import closed_loop, interleaved
+from services.bench.loadgen import closed_loop, interleaved, merged
 from services.bench.measure import console
 from services.bench.processes import (
     OTLP_GRPC_PORT,
@@ -118,8 +118,11 @@ async def measure_tracing(
                 pause_s=SETTLE_S,
             )
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
-    results = {"off": TracingRun("off", runs["off"]), "on": TracingRun(TRACED, runs["on"])}
-    results["on"].receiver_cpu_per_1000 = receiver_cpu / max(runs["on"].ok, 1) * 1000
+    results = {
+        "off": TracingRun("off", merged(runs["off"]), [turn.achieved_rate for turn in runs["off"]]),
+        "on": TracingRun(TRACED, merged(runs["on"]), [turn.achieved_rate for turn in runs["on"]]),
+    }
+    results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
     for result in results.values():
         run = result.run
         console.log(

@@ -29,6 +29,10 @@ def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plo
         assert f"| {contender.name} |" in report
     assert "| Hedging: tail | slow replica: hedged p99 <= 0.2 x unhedged p99 |" in report
     assert "On/off saturation ratio: 0.95." in report
+    assert (
+        "Turn by turn (each traced turn beside the untraced turn of its round): 0.90 to 1.00 over 2 rounds"
+        in report
+    )
     for plot in ("latency_vs_load.png", "hedging_cdf.png"):
         assert f"]({plot})" in report
         assert (tmp_path / plot).read_bytes().startswith(PNG)

@@ -1,0 +1,55 @@
+"""`make bench`'s two side-by-side comparisons, briefly, over real stacks: every contender is driven in its
+turns, and what the report reads (calls, turn rates, the gateways' counters, the receiver's spans) is there.
+The figures themselves belong to `make bench`; this checks only that the measuring works."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.bench.hedging import measure_slow_replica
+from services.bench.processes import STACK_SLOTS, running_stack, stack_ports
+from services.bench.tracing import (
+    RECEIVER_ENDPOINT,
+    measure_tracing,
+    spans_received,
+    start_receiver,
+    tracing_on,
+)
+from services.stack.traffic import score_request
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp_path, live):
+    requests = [score_request(row) for row in live.head(200).itertuples(index=False)]
+    traced = tracing_on(RECEIVER_ENDPOINT)
+    receiver = start_receiver(tmp_path)
+    try:
+        with running_stack(tmp_path / "graph.log", traced, stack_ports(STACK_SLOTS["graph"])) as stack:
+            # 5 s in all per mode: two turns each.
+            tracing = await measure_tracing(tmp_path, stack, receiver, requests, seconds=5.0, concurrency=4)
+            hedging = await measure_slow_replica(
+                tmp_path, requests, rate=20, seconds=8.0, tracing=traced, healthy=stack
+            )
+    finally:
+        receiver.stop()
+
+    assert set(tracing) == {"off", "on"}
+    for run in tracing.values():
+        assert len(run.turn_rates) == 2
+        assert run.run.ok > 0 and run.run.errors == 0
+        assert run.run.closed
+    assert tracing["on"].receiver_cpu_per_1000 is not None
+    # The traced stack exported every service's spans, Triton's included.
+    services = {"gateway", "features", "postprocess", "triton"}
+    assert {f"scoregraph-{service}" for service in services} <= set(spans_received(receiver))
+
+    assert set(hedging) == {"healthy", "slow-unhedged", "slow-hedged"}
+    for key, run in hedging.items():
+        # Open loop at 20/s for 8 s in all, in two turns of 4 s.
+        assert run.run.sent == 160, key
+        assert run.run.errors == 0, key
+        # Each gateway's own counters: one features call per Score call.
+        assert run.calls == 160, key
+    assert hedging["slow-unhedged"].hedges_sent == 0
+    assert hedging["slow-unhedged"].attempts == hedging["slow-unhedged"].calls
