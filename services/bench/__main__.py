@@ -123,7 +123,9 @@ async def measure_graph_stack(
     requests = inputs.score_requests
     progress("graph stack: starting")
     traced = tracing_on(RECEIVER_ENDPOINT)
-    with running_stack(out / "stack-graph.log", traced, stack_ports(STACK_SLOTS["graph"])) as stack:
+    with running_stack(
+        out / "stack-graph.log", traced, stack_ports(STACK_SLOTS["graph"]), service_logs=True
+    ) as stack:
         progress("graph stack: Triton floor")
         async with triton_call(stack.address("triton-0"), inputs.vectors) as call:
             floor = await measure_floor("Triton", call, plan.sweep)

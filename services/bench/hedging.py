@@ -155,7 +155,7 @@ async def measure_slow_replica(
     `tracing` says: the stack's gateway hedges, a second one started beside it does not."""
     first = STACK_SLOTS["slow"]
     with running_stack(
-        out / "stack-slow.log", {**tracing, **SLOW_FEATURES_REPLICA}, stack_ports(first)
+        out / "stack-slow.log", {**tracing, **SLOW_FEATURES_REPLICA}, stack_ports(first), service_logs=True
     ) as stack:
         port, metrics_port = first + 52, first + 469
         unhedged = stack.start_gateway(port, metrics_port, FEATURES_HEDGING_OFF, out / "gateway-unhedged.log")

@@ -157,9 +157,16 @@ class LocalStack(Spawned):
         raise LookupError(f"no process listens on {name}'s port {port}")
 
 
-def start_stack(log: Path, env: Mapping[str, str], ports: Mapping[str, int]) -> LocalStack:
-    """`python -m services.stack up` on `ports` with extra environment, once every process serves."""
+def start_stack(
+    log: Path, env: Mapping[str, str], ports: Mapping[str, int], *, service_logs: bool = False
+) -> LocalStack:
+    """`python -m services.stack up` on `ports` with extra environment, once every process serves.
+
+    `service_logs`: each process writes its output to a file of its own in `service_log_dir(log)`, as in
+    production, rather than through the supervisor into `log` (which tests read)."""
     extra = {**{f"SCOREGRAPH_STACK_{k}": str(v) for k, v in ports.items()}, **env}
+    if service_logs:
+        extra["SCOREGRAPH_STACK_LOG_DIR"] = str(service_log_dir(log))
     settings = StackSettings(
         **{
             k.removeprefix("SCOREGRAPH_STACK_").lower(): v
@@ -171,13 +178,21 @@ def start_stack(log: Path, env: Mapping[str, str], ports: Mapping[str, int]) -> 
     pending = wait_until_serving([p.health_address for p in processes(settings)], settings.ready_timeout_s)
     if pending or stack.process.poll() is not None:
         stack.stop()
-        raise RuntimeError(f"stack not serving ({pending or 'exited'}):\n{stack.log_tail()}")
+        where = f" (each process's own output: {service_log_dir(log)})" if service_logs else ""
+        raise RuntimeError(f"stack not serving ({pending or 'exited'}){where}:\n{stack.log_tail()}")
     return stack
 
 
+def service_log_dir(log: Path) -> Path:
+    """Where a stack logging to `log` keeps its processes' own logs, when they have their own."""
+    return log.with_suffix("")
+
+
 @contextmanager
-def running_stack(log: Path, env: Mapping[str, str], ports: Mapping[str, int]) -> Iterator[LocalStack]:
-    stack = start_stack(log, env, ports)
+def running_stack(
+    log: Path, env: Mapping[str, str], ports: Mapping[str, int], *, service_logs: bool = False
+) -> Iterator[LocalStack]:
+    stack = start_stack(log, env, ports, service_logs=service_logs)
     try:
         yield stack
     finally:

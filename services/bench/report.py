@@ -21,8 +21,8 @@ def restarts(out: Path) -> str:
     """The replicas the stacks restarted during the run (a crash or a kill), from their logs: figures that
     include one include a replica's outage and the calls routed around it."""
     found = [
-        f"{log.name}: {line.split('|', 1)[-1].strip()}"
-        for log in sorted(out.glob("*.log"))
+        f"{log.relative_to(out)}: {line.split('|', 1)[-1].strip()}"
+        for log in sorted(out.rglob("*.log"))
         for line in log.read_text(errors="replace").splitlines()
         if "respawning " in line
     ]

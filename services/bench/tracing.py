@@ -96,7 +96,7 @@ async def measure_tracing(
     CPU over the runs is charged to the traced calls."""
     rounds = max(1, round(seconds / SLICE_S))
     with running_stack(
-        out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"])
+        out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"]), service_logs=True
     ) as untraced:
         async with contextlib.AsyncExitStack() as calls:
             call_of = {

@@ -94,7 +94,9 @@ async def measure_all(rate: float, seconds: float) -> BenchResults:
     results = BenchResults([])
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        with running(out / "stack-healthy.log", TRACING_OFF, stack_ports(STACK_SLOTS["graph"])) as healthy:
+        with running(
+            out / "stack-healthy.log", TRACING_OFF, stack_ports(STACK_SLOTS["graph"]), service_logs=True
+        ) as healthy:
             results.hedging.update(await measure_slow_replica(out, requests, rate, seconds, healthy=healthy))
     return results
 

@@ -35,7 +35,9 @@ async def measure_both(seconds: float, concurrency: int) -> BenchResults:
         receiver = start_receiver(out)
         try:
             ports = stack_ports(STACK_SLOTS["graph"])
-            with running_stack(out / "stack-traced.log", tracing_on(RECEIVER_ENDPOINT), ports) as traced:
+            with running_stack(
+                out / "stack-traced.log", tracing_on(RECEIVER_ENDPOINT), ports, service_logs=True
+            ) as traced:
                 results.tracing = await measure_tracing(out, traced, receiver, requests, seconds, concurrency)
         finally:
             receiver.stop()

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -70,6 +71,15 @@ def _announce_when_ready(stack: list[StackProcess], settings: StackSettings, sto
     )
 
 
+def command_line(process: StackProcess, log_dir: Path | None) -> str:
+    """The shell command the supervisor runs for `process`: its output appended to its own file in
+    `log_dir`, when there is one, rather than read by the supervisor."""
+    command = shlex.join(process.argv)
+    if log_dir is None:
+        return command
+    return f"{command} >>{shlex.quote(str(log_dir / f'{process.name}.log'))} 2>&1"
+
+
 def run(settings: StackSettings) -> int:
     missing = settings.model_repository / "fraud_mlp"
     if not missing.is_dir():
@@ -108,8 +118,13 @@ def run(settings: StackSettings) -> int:
     # another thread is inside gRPC can abort. A fork server is a fresh process with no gRPC in it.
     multiprocessing.set_start_method("forkserver", force=True)
     manager = Manager(Printer(sys.stdout))
+    if settings.log_dir is not None:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        print(f"scoregraph: each process's output goes to {settings.log_dir}/<name>.log", flush=True)
     for process in stack:
-        manager.add_process(process.name, shlex.join(process.argv), env={**process_env(process), **telemetry})
+        manager.add_process(
+            process.name, command_line(process, settings.log_dir), env={**process_env(process), **telemetry}
+        )
     stop = threading.Event()
     threading.Thread(target=_announce_when_ready, args=(stack, settings, stop), daemon=True).start()
     try:

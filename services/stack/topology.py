@@ -44,6 +44,11 @@ class StackSettings(BaseSettings):
     """How long `up` waits for every process to report SERVING before giving up."""
     grace_period_s: float = 4.0
     """Drain time each service gets on shutdown; below the supervisor's 5 s before it kills."""
+    log_dir: Path | None = None
+    """Each process writes its output straight to `<log_dir>/<name>.log`, as a container runtime keeps it,
+    instead of to the supervisor, which prefixes every line with the time and the process and prints it.
+    With one log line per request per service, that relay costs about 1.5 ms of CPU per Score call on
+    the cores the services use; `make bench` sets it. Unset: the supervisor prints everything."""
     faulty_replica: str = ""
     """Processes that get the `fault_*` settings below (e.g. `features-1`, `postprocess-0`, `triton-1`, or
     several, comma-separated: `features-1,triton-1`), as their SCOREGRAPH_<SERVICE>_FAULT_* variables;

@@ -78,12 +78,17 @@ def test_replica_restarts_during_the_run_are_reported(tmp_path):
         f"13:57:19 triton-0      | Signal (11) received.\n13:57:20 triton-0      | {respawned}\n"
     )
     (tmp_path / "stack-slow.log").write_text("13:58:00 gateway | serving\n")
+    # A stack whose processes write their own logs (service_logs): no supervisor prefix.
+    (tmp_path / "stack-untraced").mkdir()
+    aborted = "respawning python -m services.predict.tritonserver (it died with status 134)"
+    (tmp_path / "stack-untraced" / "triton-1.log").write_text(f"Signal (6) received.\n{aborted}\n")
 
     write_report(tmp_path, results(), MACHINE)
 
     report = (tmp_path / "report.md").read_text()
     assert "Replica restarts during the run (the figures include them):" in report
     assert f"- stack-graph.log: {respawned}" in report
+    assert f"- stack-untraced/triton-1.log: {aborted}" in report
 
 
 def test_a_run_without_restarts_says_so(tmp_path):

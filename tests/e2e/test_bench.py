@@ -25,7 +25,8 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
     traced = tracing_on(RECEIVER_ENDPOINT)
     receiver = start_receiver(tmp_path)
     try:
-        with running_stack(tmp_path / "graph.log", traced, stack_ports(STACK_SLOTS["graph"])) as stack:
+        graph = stack_ports(STACK_SLOTS["graph"])
+        with running_stack(tmp_path / "graph.log", traced, graph, service_logs=True) as stack:
             # 5 s in all per mode: two turns each.
             tracing = await measure_tracing(tmp_path, stack, receiver, requests, seconds=5.0, concurrency=4)
             hedging = await measure_slow_replica(
