@@ -1,6 +1,6 @@
 """Hedging with one slow features replica, on its own: the hedging part of `make bench`.
 
-    python -m services.stack.bench_hedging [--rate 50] [--seconds 30]
+    python -m services.stack.bench_hedging [--rate 25] [--seconds 32]
 
 Starts the local stack twice on ports of its own (healthy; `features-1` delaying 5 % of its calls by 50 ms,
 with a second gateway that does not hedge), drives Gateway.Score at a fixed open-loop rate and prints
@@ -103,8 +103,8 @@ async def measure_all(rate: float, seconds: float) -> BenchResults:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.stack.bench_hedging", description=__doc__)
-    parser.add_argument("--rate", type=float, default=50, help="Score calls per second, open loop")
-    parser.add_argument("--seconds", type=float, default=30, help="length of each run, after a warm-up")
+    parser.add_argument("--rate", type=float, default=25, help="Score calls per second, open loop")
+    parser.add_argument("--seconds", type=float, default=32, help="length of each run, after a warm-up")
     args = parser.parse_args(argv)
     print(hedging_table(asyncio.run(measure_all(args.rate, args.seconds))))
     return 0
