@@ -67,24 +67,49 @@ def cdf_points(run: RunResult) -> tuple[list[float], list[float]]:
 
 
 def plot_hedging_cdf(results: BenchResults, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """The latency CDF of each hedging run, and beside it the tail: the share of calls slower than each
+    latency on a log scale, where p99 and p999 are as far apart as p50 and p90 (a slow replica's 2.5 % of
+    calls sits there, invisible on the linear CDF)."""
+    fig, (cdf, tail) = plt.subplots(1, 2, figsize=(12, 5))
     for h in results.hedging.values():
         if h.run.ok:
             latencies, shares = cdf_points(h.run)
             # From 0 at the fastest call, so the curve rises rather than starting mid-air.
-            ax.step([latencies[0], *latencies], [0.0, *shares], where="post", label=h.name)
+            cdf.step([latencies[0], *latencies], [0.0, *shares], where="post", label=h.name)
+            # Slower than each latency, held out to the slowest call; its own share (0) has no place on a
+            # log scale.
+            above = [1.0 - share for share in shares]
+            kept = [(x, y) for x, y in zip(latencies, above, strict=True) if y > 0]
+            if kept:
+                xs, ys = zip(*kept, strict=True)
+                tail.step([latencies[0], *xs, latencies[-1]], [1.0, *ys, ys[-1]], where="post", label=h.name)
     for share in (0.5, 0.99):
-        ax.axhline(share, color="grey", linewidth=0.6, linestyle=":")
-    ax.set(
-        xlabel="Gateway.Score latency (ms, log scale, from intended send time)",
+        cdf.axhline(share, color="grey", linewidth=0.6, linestyle=":")
+    for share, name in ((0.01, "p99"), (0.001, "p999")):
+        tail.axhline(share, color="grey", linewidth=0.6, linestyle=":")
+        tail.annotate(
+            name, (1, share), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8
+        )
+    latency_axis = "Gateway.Score latency (ms, log scale, from intended send time)"
+    cdf.set(
+        xlabel=latency_axis,
         ylabel="share of calls at most this slow",
         xscale="log",
         ylim=(0, 1.01),
-        title="Latency CDF, one features replica slow: with and without hedging",
+        title="Latency CDF, one features replica slow",
     )
-    _plain_numbers(ax.xaxis)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(True, which="both", alpha=0.3)
+    tail.set(
+        xlabel=latency_axis,
+        ylabel="share of calls slower (log scale)",
+        xscale="log",
+        yscale="log",
+        title="The tail: with and without hedging",
+    )
+    for ax in (cdf, tail):
+        _plain_numbers(ax.xaxis)
+        ax.grid(True, which="both", alpha=0.3)
+    cdf.legend(fontsize=8, loc="lower right")
+    tail.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
