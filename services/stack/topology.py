@@ -83,14 +83,15 @@ def _python(module: str, *args: str) -> list[str]:
 
 # Runs "$@" again whenever it dies of a signal other than SIGTERM or SIGINT (a shell reports 128 + the
 # signal: 137 SIGKILL, 139 SIGSEGV, 134 SIGABRT); any other exit ends the loop with that exit's status. On
-# SIGTERM (which reaches the whole process group) it waits for the service's drain.
+# SIGTERM (which reaches the whole process group) it waits for the service's drain. The respawn line carries
+# the time (UTC), so a benchmark report can say which phase a restart fell in.
 _RESPAWN = """
 trap 'wait "$child"; exit $?' TERM INT
 while :; do
   "$@" & child=$!
   wait "$child"; status=$?
   { [ "$status" -gt 128 ] && [ "$status" -ne 143 ] && [ "$status" -ne 130 ]; } || exit "$status"
-  echo "respawning $* (it died with status $status)"
+  echo "$(date -u +%H:%M:%SZ) respawning $* (it died with status $status)"
 done
 """
 

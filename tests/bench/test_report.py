@@ -80,7 +80,7 @@ def test_replica_restarts_during_the_run_are_reported(tmp_path):
     (tmp_path / "stack-slow.log").write_text("13:58:00 gateway | serving\n")
     # A stack whose processes write their own logs (service_logs): no supervisor prefix.
     (tmp_path / "stack-untraced").mkdir()
-    aborted = "respawning python -m services.predict.tritonserver (it died with status 134)"
+    aborted = "19:32:58Z respawning python -m services.predict.tritonserver (it died with status 134)"
     (tmp_path / "stack-untraced" / "triton-1.log").write_text(f"Signal (6) received.\n{aborted}\n")
 
     write_report(tmp_path, results(), MACHINE)

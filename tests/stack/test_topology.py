@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -77,6 +78,11 @@ def test_a_killed_or_crashed_replica_is_respawned_and_any_other_exit_ends_it(tmp
 
     assert done.returncode == 3
     assert runs.read_text().count("run") == 3
+    # Each restart says when (UTC) and why.
+    restarts = done.stdout.splitlines()
+    assert len(restarts) == 2, done.stdout
+    for line, status in zip(restarts, (137, 139), strict=True):
+        assert re.fullmatch(rf"\d\d:\d\d:\d\dZ respawning .* \(it died with status {status}\)", line), line
 
 
 def test_without_respawning_a_replica_runs_as_itself():
