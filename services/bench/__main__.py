@@ -102,12 +102,15 @@ class Progress:
 
     def __init__(self) -> None:
         self.started = psutil.Process().create_time()
+        self.phases: list[tuple[str, str]] = []
+        """(UTC time it started, phase), for the report: a replica restart can be placed in its phase."""
 
     @property
     def elapsed_s(self) -> float:
         return time.time() - self.started
 
     def __call__(self, phase: str) -> None:
+        self.phases.append((f"{datetime.now(UTC):%H:%M:%SZ}", phase))
         console.rule(f"[{self.elapsed_s:5.0f} s] {phase}", align="left", characters="-")
 
 
@@ -233,7 +236,7 @@ async def run_bench(out: Path, plan: BenchPlan, progress: Progress) -> BenchResu
     return results
 
 
-def machine(mode: str, plan: BenchPlan, duration_s: float) -> dict:
+def machine(mode: str, plan: BenchPlan, progress: Progress) -> dict:
     return {
         "cpu": platform.processor() or _cpu_model(),
         "cores": os.cpu_count(),
@@ -244,7 +247,8 @@ def machine(mode: str, plan: BenchPlan, duration_s: float) -> dict:
         },
         "tritonserver": "2.51.0 (nvidia-pytriton 0.7.0 wheel, CPU, Python backend)",
         "mode": mode,
-        "duration_s": duration_s,
+        "duration_s": progress.elapsed_s,
+        "phases": progress.phases,
         "saturation_concurrency": plan.saturation_concurrency,
         "bsp_schedule_delay_ms": BSP_SCHEDULE_DELAY_MS,
         "slo_p99_ms": SLO_P99_MS,
@@ -269,7 +273,7 @@ def main() -> None:
     progress = Progress()
     results = asyncio.run(run_bench(out, plan, progress))
     progress("report")
-    write_report(out, results, machine(mode, plan, progress.elapsed_s))
+    write_report(out, results, machine(mode, plan, progress))
     print((out / "report.md").read_text())
     print(f"report and plots in {out.relative_to(REPO)} ({progress.elapsed_s:.0f} s)")
 

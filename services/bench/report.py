@@ -33,6 +33,13 @@ def restarts(out: Path) -> str:
     )
 
 
+def timeline(phases: list[tuple[str, str]]) -> str:
+    """When each phase of the run started, to place a replica restart (its respawn line says when) in one."""
+    if not phases:
+        return "Not recorded."
+    return "\n".join(f"- {started} {phase}" for started, phase in phases)
+
+
 def write_report(out: Path, results: BenchResults, machine: dict) -> None:
     plot_latency_vs_load(results.contenders, out / "latency_vs_load.png")
     plots = "![latency vs load](latency_vs_load.png)"
@@ -86,6 +93,9 @@ load they export every 512 spans either way).
 
 ## Every step
 {steps_table(results.contenders)}
+
+## Timeline (UTC)
+{timeline(machine.get("phases", []))}
 
 {plots}
 """

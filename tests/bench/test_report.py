@@ -11,6 +11,7 @@ MACHINE = {
     "tritonserver": "2.51.0",
     "mode": "quick",
     "duration_s": 1.0,
+    "phases": [("19:30:19Z", "inputs"), ("19:31:05Z", "hedging, in turns")],
     "saturation_concurrency": 16,
     "bsp_schedule_delay_ms": 1000,
 }
@@ -89,6 +90,8 @@ def test_replica_restarts_during_the_run_are_reported(tmp_path):
     assert "Replica restarts during the run (the figures include them):" in report
     assert f"- stack-graph.log: {respawned}" in report
     assert f"- stack-untraced/triton-1.log: {aborted}" in report
+    # The timeline places it: the restart at 19:32:58 fell in the phase begun at 19:31:05.
+    assert "## Timeline (UTC)\n- 19:30:19Z inputs\n- 19:31:05Z hedging, in turns" in report
 
 
 def test_a_run_without_restarts_says_so(tmp_path):
