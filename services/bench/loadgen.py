@@ -164,10 +164,11 @@ async def interleaved(
     before the next one is measured."""
     keys = list(slices)
     parts: dict[str, list[RunResult]] = {key: [] for key in keys}
-    for round_ in range(rounds):
-        shift = round_ % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            parts[key].append(await slices[key]())
-            if pause_s:
-                await asyncio.sleep(pause_s)
+    order = [
+        key for round_ in range(rounds) for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]
+    ]
+    for i, key in enumerate(order):
+        if i and pause_s:
+            await asyncio.sleep(pause_s)
+        parts[key].append(await slices[key]())
     return parts

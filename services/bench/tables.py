@@ -80,7 +80,7 @@ def tracing_table(results: BenchResults) -> str:
     on, off = results.tracing.get("on"), results.tracing.get("off")
     if on and off and off.rate:
         rows.append(f"\nOn/off saturation ratio: {on.rate / off.rate:.2f}.")
-        turns = [a / b for a, b in zip(on.turn_rates, off.turn_rates, strict=False) if b]
+        turns = [a / b for a, b in zip(on.turn_rates, off.turn_rates, strict=True) if b]
         if len(turns) > 1:
             rows[-1] += (
                 f" Turn by turn (each traced turn beside the untraced turn of its round): "

@@ -117,6 +117,7 @@ async def measure_tracing(
                 rounds,
                 pause_s=SETTLE_S,
             )
+            await asyncio.sleep(SETTLE_S)  # the last traced turn's spans reach the receiver
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
     results = {
         "off": TracingRun("off", merged(runs["off"]), [turn.achieved_rate for turn in runs["off"]]),
