@@ -73,11 +73,16 @@ def _announce_when_ready(stack: list[StackProcess], settings: StackSettings, sto
 
 def command_line(process: StackProcess, log_dir: Path | None) -> str:
     """The shell command the supervisor runs for `process`: its output appended to its own file in
-    `log_dir`, when there is one, rather than read by the supervisor."""
+    `log_dir`, when there is one, rather than read by the supervisor.
+
+    The shell execs the process rather than wait for it: the supervisor must see the process itself, which
+    outlives SIGTERM while it drains, so that one still running when the supervisor's wait is over gets
+    SIGKILL. A shell in between died of the SIGTERM at once, and the supervisor took it for the process:
+    a tritonserver that hung in its shutdown was then left running after the stack had stopped."""
     command = shlex.join(process.argv)
     if log_dir is None:
         return command
-    return f"{command} >>{shlex.quote(str(log_dir / f'{process.name}.log'))} 2>&1"
+    return f"exec {command} >>{shlex.quote(str(log_dir / f'{process.name}.log'))} 2>&1"
 
 
 def run(settings: StackSettings) -> int:
