@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from services.predict.client import InvalidFeatures, ModelUnavailable, PredictClient
+from services.predict.client import InvalidFeatures, ModelUnavailable, PredictClient, PredictTimeout
 from services.predict.contract import FeatureContract
 from services.predict.repository import write_repositories
 
@@ -105,3 +105,55 @@ async def test_triton_refuses_a_model_trained_on_another_feature_order(
         "feature order in model.onnx differs from feature service fraud_model_v1 at position 0: "
         f"model.onnx has {FEATURE_NAMES[1]!r}, config.pbtxt has {FEATURE_NAMES[0]!r}"
     ) in refused.value.message()
+
+
+def _fatal_signal_lines(log) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if line.startswith("Signal (")]
+
+
+async def _drained(client: PredictClient, timeout_s: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while client.abandoned_in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return client.abandoned_in_flight == 0
+
+
+async def test_calls_cancelled_in_flight_are_abandoned_and_triton_keeps_serving(client, running_triton):
+    # A hedge's losing attempt is cancelled while Triton serves it. tritonserver 2.51 can crash when an
+    # RPC it serves is cancelled (10 % of calls cancelled 0-2 ms in crashed a lone server within seconds
+    # here), so the client abandons the RPC instead of cancelling it.
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(64, len(FEATURE_NAMES))).astype(np.float32)
+    cancelled = answered = 0
+
+    async def caller(worker: int) -> None:
+        nonlocal cancelled, answered
+        for i in range(250):
+            call = asyncio.ensure_future(client.predict(rows[(worker + i) % 64][None, :], timeout_s=5))
+            if (worker + i) % 4 == 0:
+                await asyncio.sleep(float(rng.uniform(0, 0.002)))
+                call.cancel()
+            try:
+                await call
+                answered += 1
+            except asyncio.CancelledError:
+                cancelled += 1
+
+    await asyncio.gather(*(caller(worker) for worker in range(8)))
+
+    assert cancelled > 100 and answered + cancelled == 2000
+    assert await _drained(client, timeout_s=5), f"{client.abandoned_in_flight} abandoned RPCs never ended"
+    assert _fatal_signal_lines(running_triton.log) == []
+    assert len((await client.predict(rows[:3], timeout_s=5)).scores) == 3
+
+
+async def test_a_call_past_its_timeout_fails_at_once_and_its_rpc_runs_out(client, running_triton):
+    # A batch big enough that Triton takes far longer than the caller's timeout.
+    rows = np.random.default_rng(8).normal(size=(200_000, len(FEATURE_NAMES))).astype(np.float32)
+
+    with pytest.raises(PredictTimeout, match="no answer within 1 ms"):
+        await client.predict(rows, timeout_s=0.001)
+
+    assert client.abandoned_in_flight == 1
+    assert await _drained(client, timeout_s=10)
+    assert _fatal_signal_lines(running_triton.log) == []
