@@ -96,6 +96,9 @@ def test_a_port_in_use_is_found_and_the_stack_refuses_to_start_on_it(tmp_path):
     )
     assert busy_ports(settings) == []
     with socket.socket() as taken:
+        # As a server binds (and as busy_ports probes): a connection of an earlier test that used this port
+        # and lingers in TIME_WAIT must not stop the bind (it did once in CI: "Address already in use").
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind((settings.host, settings.features_port + 1))
         taken.listen()
         assert busy_ports(settings) == [settings.features_port + 1]
