@@ -459,7 +459,6 @@ class HedgedCall(Generic[T]):
             RETRY_ATTRIBUTE: race.retry,
             "server.address": host,
             "server.port": int(port) if port.isdigit() else 0,
-            "net.peer.name": host,
         }
         # The task runs in a copy of the caller's context: its span is a sibling of the other attempts'.
         with self._tracer.start_as_current_span(

@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.runtime import metrics
 from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
+from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter
 
 SPAN_ATTRIBUTES: Mapping[str, str] = {
     # OpenTelemetry's RPC and network semantic conventions.
@@ -145,13 +146,9 @@ def otlp_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter | Non
         or "http/protobuf"
     ).strip()
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter()
+        return OTLPGrpcSpanExporter()
     if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-        return HttpExporter()
+        return OTLPHttpSpanExporter()
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: scoregraph exports grpc or http/protobuf")
 
 
