@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,21 +20,34 @@ from services.predict.contract import INPUT_TENSOR, OUTPUT_TENSOR
 CALL_TIMEOUT_S = 5.0
 
 
+Metadata = Callable[[], Sequence[tuple[str, str]]]
+"""Makes the gRPC metadata of one call."""
+
+
 @asynccontextmanager
-async def _unary_call(address: str, stub_type: type, method: str, requests: list[Any]) -> AsyncIterator[Call]:
-    """`stub_type(channel).<method>` on `address`, call i sending requests[i] (cycling), over one channel."""
+async def _unary_call(
+    address: str, stub_type: type, method: str, requests: list[Any], metadata: Metadata | None = None
+) -> AsyncIterator[Call]:
+    """`stub_type(channel).<method>` on `address`, call i sending requests[i] (cycling) with `metadata()`,
+    over one channel."""
     async with grpc.aio.insecure_channel(address) as channel:
         rpc = getattr(stub_type(channel), method)
 
         async def call(i: int) -> Any:
-            return await rpc(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
+            return await rpc(
+                requests[i % len(requests)],
+                timeout=CALL_TIMEOUT_S,
+                metadata=metadata() if metadata is not None else None,
+            )
 
         yield call
 
 
-def score_call(address: str, requests: list[gateway_pb2.ScoreRequest]) -> AsyncContextManager[Call]:
+def score_call(
+    address: str, requests: list[gateway_pb2.ScoreRequest], metadata: Metadata | None = None
+) -> AsyncContextManager[Call]:
     """GatewayService.Score on `address` (the graph's gateway or the monolith)."""
-    return _unary_call(address, gateway_pb2_grpc.GatewayServiceStub, "Score", requests)
+    return _unary_call(address, gateway_pb2_grpc.GatewayServiceStub, "Score", requests, metadata)
 
 
 def features_call(address: str, requests: list[features_pb2.GetFeaturesRequest]) -> AsyncContextManager[Call]:

@@ -77,13 +77,19 @@ def tracing_table(results: BenchResults) -> str:
             f"| {t.name} | {t.rate:.0f} | {_ms(t.run.percentile_ms(50))} | {_ms(t.run.percentile_ms(99))} "
             f"| {cpu} | {spans} |"
         )
-    on, off = results.tracing.get("on"), results.tracing.get("off")
-    if on and off and off.rate:
-        rows.append(f"\nOn/off saturation ratio: {on.rate / off.rate:.2f}.")
-        turns = [a / b for a, b in zip(on.turn_rates, off.turn_rates, strict=True) if b]
+    on = results.tracing.get("on")
+    for key, baseline in (
+        ("unsampled", "the same stack sampling nothing"),
+        ("off", "a stack with tracing off"),
+    ):
+        base = results.tracing.get(key)
+        if on is None or base is None or not base.rate:
+            continue
+        rows.append(f"\nSampled every call / {baseline}: **{on.rate / base.rate:.2f}** at saturation.")
+        turns = [a / b for a, b in zip(on.turn_rates, base.turn_rates, strict=True) if b]
         if len(turns) > 1:
             rows[-1] += (
-                f" Turn by turn (each traced turn beside the untraced turn of its round): "
+                f" Turn by turn (each sampled turn beside its round's): "
                 f"{min(turns):.2f} to {max(turns):.2f} over {len(turns)} rounds."
             )
     return "\n".join(rows)

@@ -1,11 +1,20 @@
-"""What tracing every call costs: Gateway.Score at saturation with tracing off, and with every call sampled
-and exported over OTLP to a receiver in a process of its own (where a collector or Jaeger's agent would be).
+"""What tracing every call costs: Gateway.Score at saturation with every call sampled (traced in every
+process, Triton included, and exported over OTLP to a receiver in a process of its own, where a collector
+or Jaeger's agent would be), against the same stack sampling nothing, and against a stack with tracing off.
 
 Saturation is measured closed loop, `concurrency` calls always in flight: the calls answered per second then
-are the graph's capacity, a figure fine enough to compare two modes within 10 %, which the open-loop steps
-are not. Both stacks are up together and driven in turns of a few seconds: measured one after the other,
-the two modes would also measure what the machine's neighbours did in between. The receiver runs on the
-same cores, so its CPU is reported beside the graph's figures.
+are the graph's capacity. The modes are driven in turns of a few seconds: measured one after the other,
+they would also measure what the machine's neighbours did in between. The receiver runs on the same cores,
+so its CPU is reported beside the graph's figures.
+
+Two baselines, because two stacks differ by more than the 10 % sought here: driven the same way with
+tracing off in both, two stacks' saturation rates differed by 3-9 % (ratios 0.91 and 0.97), one turn
+against the other by up to 4x on a busy machine. So the traced stack is also driven sampling nothing
+(`UNSAMPLED`): its calls carry a W3C `traceparent` whose sampled flag is off, so every Python service makes
+non-recording spans and exports nothing (the parent-based sampler, OpenTelemetry's default), and its
+Triton servers' trace level is set to OFF (Triton's trace-setting API) for those turns. The same processes
+with and without sampling give tracing's cost free of the difference between stacks; an SDK that samples
+nothing costs about 8 us per span more than one disabled (tens of microseconds per call, under 0.5 %).
 
     python -m services.bench.tracing      # the receiver: counts spans by service until SIGTERM
 """
@@ -14,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
+import secrets
 import signal
 import sys
 import threading
@@ -23,11 +32,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import tritonclient.grpc.aio as triton
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.bench.calls import score_call
-from services.bench.loadgen import closed_loop, interleaved, merged
+from services.bench.loadgen import Call, closed_loop, interleaved, merged
 from services.bench.measure import console
 from services.bench.processes import (
     OTLP_GRPC_PORT,
@@ -43,6 +53,7 @@ from services.bench.processes import (
 )
 from services.bench.results import TracingRun
 from services.stack.collector import TraceCollector, span_counts, span_counts_json
+from services.stack.topology import processes
 
 TRACING_OFF = {
     # No receiver inside the stack's supervisor, no spans made (the Python SDK and tritonserver both honour
@@ -55,6 +66,7 @@ TRACING_OFF = {
 
 RECEIVER_ENDPOINT = f"http://127.0.0.1:{OTLP_HTTP_PORT}"
 TRACED = "on (100 % sampled)"
+UNSAMPLED = "on, 0 % sampled (same stack)"
 
 
 #: The span processors' schedule delay in the benchmark's traced stacks (OpenTelemetry's default is 5000 ms).
@@ -64,7 +76,9 @@ BSP_SCHEDULE_DELAY_MS = 1000
 
 
 def tracing_on(endpoint: str) -> dict[str, str]:
-    """Every call sampled, every process exporting over OTLP/HTTP (what tritonserver speaks) to `endpoint`."""
+    """Every call sampled (a call that comes with no trace context starts a sampled one; one whose context
+    says "not sampled" is not), every process exporting over OTLP/HTTP (what tritonserver speaks) to
+    `endpoint`."""
     return {
         "OTEL_BSP_SCHEDULE_DELAY": str(BSP_SCHEDULE_DELAY_MS),
         "SCOREGRAPH_TRACES_COLLECT": "false",
@@ -72,14 +86,33 @@ def tracing_on(endpoint: str) -> dict[str, str]:
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
     }
+
+
+def unsampled_trace_context() -> tuple[tuple[str, str], ...]:
+    """The metadata of a call whose caller decided not to sample it: a fresh W3C trace context, flags 00."""
+    return (("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"),)
+
+
+async def set_triton_tracing(stack: LocalStack, on: bool) -> None:
+    """Turn the tracing of every tritonserver of `stack` on (trace level TIMESTAMPS, as started) or OFF.
+
+    tritonserver 2.51 traces every request at its trace rate whatever the caller's sampled flag says, so
+    the unsampled turns turn it off through its trace-setting API."""
+    for process in processes(stack.settings):
+        if process.name.startswith("triton-"):
+            client = triton.InferenceServerClient(process.health_address)
+            try:
+                await client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS" if on else "OFF"]})
+            finally:
+                await client.close()
 
 
 #: Length of one turn of each mode in the interleaved saturation runs.
 SLICE_S = 2.5
 #: Pause after each turn: the traced stack's span processors export what the turn left within their
-#: schedule delay (BSP_SCHEDULE_DELAY_MS), not during the untraced turn that follows.
+#: schedule delay (BSP_SCHEDULE_DELAY_MS), not during the turn that follows.
 SETTLE_S = 1.5
 
 
@@ -91,38 +124,48 @@ async def measure_tracing(
     seconds: float,
     concurrency: int,
 ) -> dict[str, TracingRun]:
-    """Saturation with tracing `off` and `on`: `traced` (exporting to `receiver`) beside a stack started
-    with tracing off, each driven closed loop with `concurrency` calls in flight for `seconds` in all, in
-    interleaved turns of about SLICE_S after a warm-up, so both modes see the same machine. The receiver's
-    CPU over the runs is charged to the traced calls."""
+    """Saturation `on` (every call sampled), `unsampled` (the same stack sampling nothing) and `off` (a
+    stack started with tracing off, up beside `traced`), each driven closed loop with `concurrency` calls in
+    flight for `seconds` in all, in interleaved turns of about SLICE_S after a warm-up, so all modes see the
+    same machine. `traced` exports to `receiver`, whose CPU over the runs is charged to the traced calls.
+    Triton's tracing is on again afterwards."""
     rounds = max(1, round(seconds / SLICE_S))
     with running_stack(
         out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"]), service_logs=True
     ) as untraced:
         async with contextlib.AsyncExitStack() as calls:
             call_of = {
-                key: await calls.enter_async_context(score_call(stack.gateway, requests))
-                for key, stack in (("off", untraced), ("on", traced))
+                "off": await calls.enter_async_context(score_call(untraced.gateway, requests)),
+                "unsampled": await calls.enter_async_context(
+                    score_call(traced.gateway, requests, unsampled_trace_context)
+                ),
+                "on": await calls.enter_async_context(score_call(traced.gateway, requests)),
             }
-            for call in call_of.values():
+            calls.push_async_callback(set_triton_tracing, traced, True)
+
+            def turn(key: str, call: Call) -> Any:
+                async def run() -> Any:
+                    if key != "off":
+                        await set_triton_tracing(traced, key == "on")
+                    return await closed_loop(call, seconds=seconds / rounds, concurrency=concurrency)
+
+                return run
+
+            for key, call in call_of.items():
+                if key != "off":
+                    await set_triton_tracing(traced, key == "on")
                 await closed_loop(call, seconds=min(3.0, seconds / 2), concurrency=concurrency)
             await asyncio.sleep(SETTLE_S)
             receiver_before = cpu_seconds(receiver.tree)
             runs = await interleaved(
-                {
-                    key: functools.partial(
-                        closed_loop, call, seconds=seconds / rounds, concurrency=concurrency
-                    )
-                    for key, call in call_of.items()
-                },
-                rounds,
-                pause_s=SETTLE_S,
+                {key: turn(key, call) for key, call in call_of.items()}, rounds, pause_s=SETTLE_S
             )
             await asyncio.sleep(SETTLE_S)  # the last traced turn's spans reach the receiver
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
+    names = {"off": "off", "unsampled": UNSAMPLED, "on": TRACED}
     results = {
-        "off": TracingRun("off", merged(runs["off"]), [turn.achieved_rate for turn in runs["off"]]),
-        "on": TracingRun(TRACED, merged(runs["on"]), [turn.achieved_rate for turn in runs["on"]]),
+        key: TracingRun(names[key], merged(runs[key]), [turn.achieved_rate for turn in runs[key]])
+        for key in ("off", "unsampled", "on")
     }
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
     for result in results.values():

@@ -46,6 +46,7 @@ def results(**overrides: Contender) -> BenchResults:
         },
         tracing={
             "off": TracingRun("off", make_run([20.0] * 100, 200), [210.0, 190.0]),
+            "unsampled": TracingRun("unsampled", make_run([20.5] * 100, 196), [198.0, 194.0]),
             "on": TracingRun("on", make_run([22.0] * 95, 190), [189.0, 190.0]),
         },
     )

@@ -29,10 +29,13 @@ def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plo
     for contender in bench.contenders:
         assert f"| {contender.name} |" in report
     assert "| Hedging: tail | slow replica: hedged p99 <= 0.2 x unhedged p99 |" in report
-    assert "On/off saturation ratio: 0.95." in report
     assert (
-        "Turn by turn (each traced turn beside the untraced turn of its round): 0.90 to 1.00 over 2 rounds"
-        in report
+        "Sampled every call / the same stack sampling nothing: **0.97** at saturation. "
+        "Turn by turn (each sampled turn beside its round's): 0.95 to 0.98 over 2 rounds." in report
+    )
+    assert (
+        "Sampled every call / a stack with tracing off: **0.95** at saturation. "
+        "Turn by turn (each sampled turn beside its round's): 0.90 to 1.00 over 2 rounds." in report
     )
     for plot in ("latency_vs_load.png", "hedging_cdf.png"):
         assert f"]({plot})" in report

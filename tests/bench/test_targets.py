@@ -1,6 +1,6 @@
-from services.bench.results import BenchResults
+from services.bench.results import BenchResults, TracingRun
 from services.bench.targets import evaluate
-from tests.bench.fabricated import contender, results
+from tests.bench.fabricated import contender, make_run, results
 
 
 def verdicts(bench: BenchResults) -> dict[str, str]:
@@ -14,6 +14,9 @@ def test_each_target_is_computed_from_the_runs_figures():
     assert targets["Added tail at half the saturation rate"].figures == "8.50 - (1.00 + 2.00) = 5.50 ms"
     assert targets["Graph throughput vs the monolith"].figures == "100/s / 200/s = 0.50"
     assert targets["Hedging: extra load"].figures == "(103 - 100) / 100 = 3.0%"
+    assert targets["Tracing at 100 % sampling"].figures == (
+        "190/s / 196/s = 0.97 (a stack with tracing off: 200/s, 0.95)"
+    )
     assert {name: t.verdict for name, t in targets.items()} == {
         "Graph overhead at low load": "met",
         "Tail at half the saturation rate": "met",
@@ -60,3 +63,20 @@ def test_a_contender_that_sustained_none_of_its_rates_is_beaten_by_one_above_the
 def test_targets_without_their_runs_are_not_measured():
     bench = BenchResults([contender("graph", 4.0)])
     assert set(verdicts(bench).values()) == {"not measured"}
+
+
+def test_tracing_is_judged_against_the_same_stack_sampling_nothing():
+    def tracing(on: float, unsampled: float, off: float) -> str:
+        bench = results()
+        bench.tracing = {
+            "off": TracingRun("off", make_run([20.0] * 10, off)),
+            "unsampled": TracingRun("unsampled", make_run([20.0] * 10, unsampled)),
+            "on": TracingRun("on", make_run([20.0] * 10, on)),
+        }
+        return verdicts(bench)["Tracing at 100 % sampling"]
+
+    assert tracing(on=180, unsampled=195, off=210) == "met"  # 0.92 of the same stack, 0.86 of the other
+    assert tracing(on=170, unsampled=195, off=180) == "missed"  # 0.87 of the same stack
+    bench = results()
+    del bench.tracing["unsampled"]
+    assert verdicts(bench)["Tracing at 100 % sampling"] == "not measured"

@@ -5,6 +5,7 @@ The figures themselves belong to `make bench`; this checks only that the measuri
 from __future__ import annotations
 
 import pytest
+import tritonclient.grpc.aio as triton
 
 from services.bench.hedging import measure_slow_replica
 from services.bench.processes import STACK_SLOTS, running_stack, stack_ports
@@ -20,6 +21,15 @@ from services.stack.traffic import score_request
 pytestmark = pytest.mark.e2e
 
 
+async def trace_level(address: str) -> list[str]:
+    client = triton.InferenceServerClient(address)
+    try:
+        settings = await client.get_trace_settings(as_json=True)
+    finally:
+        await client.close()
+    return settings["settings"]["trace_level"]["value"]
+
+
 async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp_path, live):
     requests = [score_request(row) for row in live.head(200).itertuples(index=False)]
     traced = tracing_on(RECEIVER_ENDPOINT)
@@ -29,18 +39,21 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         with running_stack(tmp_path / "graph.log", traced, graph, service_logs=True) as stack:
             # 5 s in all per mode: two turns each.
             tracing = await measure_tracing(tmp_path, stack, receiver, requests, seconds=5.0, concurrency=4)
+            triton_trace_level = [await trace_level(stack.address(name)) for name in ("triton-0", "triton-1")]
             hedging = await measure_slow_replica(
                 tmp_path, requests, rate=20, seconds=8.0, tracing=traced, healthy=stack
             )
     finally:
         receiver.stop()
 
-    assert set(tracing) == {"off", "on"}
+    assert set(tracing) == {"off", "unsampled", "on"}
     for run in tracing.values():
         assert len(run.turn_rates) == 2
         assert run.run.ok > 0 and run.run.errors == 0
         assert run.run.closed
     assert tracing["on"].receiver_cpu_per_1000 is not None
+    # Its unsampled turns turned Triton's tracing off; it is back on.
+    assert triton_trace_level == [["TIMESTAMPS"], ["TIMESTAMPS"]]
     # The traced stack exported every service's spans, Triton's included.
     services = {"gateway", "features", "postprocess", "triton"}
     assert {f"scoregraph-{service}" for service in services} <= set(spans_received(receiver))
