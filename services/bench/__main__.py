@@ -155,7 +155,7 @@ async def measure_graph_stack(
                 rate = round(graph.max_sustained_rate / 2)
                 progress(f"graph stack: Gateway.Score at half its max sustained rate, {rate}/s")
                 results.half_load = await run_step(call, stack.tree, rate, plan.sweep.step_s)
-        progress("untraced stack beside it: saturation, tracing on and off, in turns")
+        progress("untraced stack beside it: saturation, sampled, unsampled and tracing off, in turns")
         results.tracing.update(
             await measure_tracing(
                 out, stack, receiver, requests, plan.saturation_s, plan.saturation_concurrency
