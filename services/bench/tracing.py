@@ -35,6 +35,7 @@ from typing import Any
 import tritonclient.grpc.aio as triton
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from scoregraph.gateway.v1 import gateway_pb2
+from tritonclient.utils import InferenceServerException
 
 from services.bench.calls import score_call
 from services.bench.loadgen import Call, closed_loop, interleaved, merged
@@ -95,18 +96,25 @@ def unsampled_trace_context() -> tuple[tuple[str, str], ...]:
     return (("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"),)
 
 
-async def set_triton_tracing(stack: LocalStack, on: bool) -> None:
-    """Turn the tracing of every tritonserver of `stack` on (trace level TIMESTAMPS, as started) or OFF.
+async def set_triton_tracing(stack: LocalStack, on: bool) -> list[str]:
+    """Turn the tracing of every tritonserver of `stack` on (trace level TIMESTAMPS, as started) or OFF;
+    the replicas that could not be told (one restarting after a crash starts with tracing on), by name.
 
     tritonserver 2.51 traces every request at its trace rate whatever the caller's sampled flag says, so
     the unsampled turns turn it off through its trace-setting API."""
+    unreached = []
     for process in processes(stack.settings):
         if process.name.startswith("triton-"):
             client = triton.InferenceServerClient(process.health_address)
             try:
                 await client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS" if on else "OFF"]})
+            except InferenceServerException:
+                unreached.append(process.name)
             finally:
                 await client.close()
+    if unreached:
+        console.log(f"tracing: could not turn tracing {'on' if on else 'off'} in {', '.join(unreached)}")
+    return unreached
 
 
 #: Length of one turn of each mode in the interleaved saturation runs.

@@ -1,7 +1,10 @@
 import sys
 import time
+from types import SimpleNamespace
 
 from services.bench.processes import Spawned, cpu_seconds
+from services.bench.tracing import set_triton_tracing
+from services.stack.topology import StackSettings
 
 
 def test_cpu_of_a_process_that_exited_under_the_tree_still_counts(tmp_path):
@@ -18,3 +21,11 @@ def test_cpu_of_a_process_that_exited_under_the_tree_still_counts(tmp_path):
         assert cpu_seconds(tree.tree) >= 0.05
     finally:
         tree.stop()
+
+
+async def test_triton_tracing_is_set_where_it_can_be_and_the_rest_named():
+    # Nothing listens on ports 9 and 19 (the replicas' gRPC ports here), as a replica restarting after a
+    # crash answers nothing for a while.
+    stack = SimpleNamespace(settings=StackSettings(triton_port=9))
+
+    assert await set_triton_tracing(stack, on=False) == ["triton-0", "triton-1"]
