@@ -60,6 +60,18 @@ def cpu_seconds(root: psutil.Process) -> float:
     return total
 
 
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """The processes of process group `pgid` still running."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
 class Spawned:
     """A command started in a session of its own, its output in `log`, stopped with everything under it."""
 
@@ -94,7 +106,9 @@ class Spawned:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         _, alive = psutil.wait_procs(descendants, timeout=10)
-        for process in alive:
+        # A process whose parent died before the stop (a Triton stub whose server was killed) is no longer
+        # under the tree, but still in the group.
+        for process in alive + _group_members(self.process.pid):
             try:
                 self.survivors.append(f"{process.name()} ({process.pid})")
                 process.kill()
