@@ -151,22 +151,22 @@ async def measure_tracing(
             }
             calls.push_async_callback(set_triton_tracing, traced, True)
 
-            def turn(key: str, call: Call) -> Any:
+            def turn(key: str, call: Call, turn_s: float) -> Any:
                 async def run() -> Any:
                     if key != "off":
                         await set_triton_tracing(traced, key == "on")
-                    return await closed_loop(call, seconds=seconds / rounds, concurrency=concurrency)
+                    return await closed_loop(call, seconds=turn_s, concurrency=concurrency)
 
                 return run
 
-            for key, call in call_of.items():
-                if key != "off":
-                    await set_triton_tracing(traced, key == "on")
-                await closed_loop(call, seconds=min(3.0, seconds / 2), concurrency=concurrency)
+            for key, call in call_of.items():  # warm-up
+                await turn(key, call, min(3.0, seconds / 2))()
             await asyncio.sleep(SETTLE_S)
             receiver_before = cpu_seconds(receiver.tree)
             runs = await interleaved(
-                {key: turn(key, call) for key, call in call_of.items()}, rounds, pause_s=SETTLE_S
+                {key: turn(key, call, seconds / rounds) for key, call in call_of.items()},
+                rounds,
+                pause_s=SETTLE_S,
             )
             await asyncio.sleep(SETTLE_S)  # the last traced turn's spans reach the receiver
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before

@@ -19,7 +19,7 @@ processor calls it from one thread.
 from __future__ import annotations
 
 import struct
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common._internal import (
@@ -178,26 +178,29 @@ class SpanEncoder:
                 continue
             cached = cache.get((key, kind, value))
             if cached is None:
-                cached = _attributes_field({key: value})
-                if len(cache) < self._attribute_cache_size:
-                    cache[(key, kind, value)] = cached
+                cached = self._kept(
+                    cache, (key, kind, value), lambda key=key, value=value: _attributes_field({key: value})
+                )
             parts.append(cached)
         return parts
 
     def _name(self, name: str) -> bytes:
-        encoded = self._names.get(name)
-        if encoded is None:
-            encoded = _NAME + _varint(len(name.encode())) + name.encode()
-            if len(self._names) < self._attribute_cache_size:
-                self._names[name] = encoded
-        return encoded
+        return self._kept(self._names, name, lambda: _NAME + _varint(len(name.encode())) + name.encode())
 
     def _status(self, code: int, description: str | None) -> bytes:
-        encoded = self._statuses.get((code, description))
+        return self._kept(
+            self._statuses,
+            (code, description),
+            lambda: Span(status=Status(code=code, message=description)).SerializeToString(),
+        )
+
+    def _kept(self, cache: dict[Any, bytes], key: Any, encode: Callable[[], bytes]) -> bytes:
+        """`cache[key]`, encoded and kept (while the cache has room) the first time."""
+        encoded = cache.get(key)
         if encoded is None:
-            encoded = Span(status=Status(code=code, message=description)).SerializeToString()
-            if len(self._statuses) < self._attribute_cache_size:
-                self._statuses[(code, description)] = encoded
+            encoded = encode()
+            if len(cache) < self._attribute_cache_size:
+                cache[key] = encoded
         return encoded
 
     def _resource(self, resource: Resource) -> bytes:
@@ -210,13 +213,11 @@ class SpanEncoder:
         return encoded
 
     def _scope(self, scope: InstrumentationScope | None) -> bytes:
-        kept = self._scopes.get(scope)
-        if kept is None:
+        def encode() -> bytes:
             encoded = _encode_instrumentation_scope(scope)
-            kept = b"" if encoded is None else ScopeSpans(scope=encoded).SerializeToString()
-            if len(self._scopes) < self._attribute_cache_size:
-                self._scopes[scope] = kept
-        return kept
+            return b"" if encoded is None else ScopeSpans(scope=encoded).SerializeToString()
+
+        return self._kept(self._scopes, scope, encode)
 
 
 def _attributes_field(attributes: Mapping[str, Any]) -> bytes:
