@@ -60,12 +60,22 @@ def cpu_seconds(root: psutil.Process) -> float:
     return total
 
 
-def _group_members(pgid: int) -> list[psutil.Process]:
-    """The processes of process group `pgid` still running."""
+def _process_groups(processes: list[psutil.Process]) -> set[int]:
+    groups = set()
+    for process in processes:
+        try:
+            groups.add(os.getpgid(process.pid))
+        except ProcessLookupError:
+            continue
+    return groups
+
+
+def _group_members(pgids: set[int]) -> list[psutil.Process]:
+    """The processes of the process groups `pgids` still running."""
     members = []
     for process in psutil.process_iter():
         try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+            if os.getpgid(process.pid) in pgids and process.status() != psutil.STATUS_ZOMBIE:
                 members.append(process)
         except (ProcessLookupError, psutil.Error):
             continue
@@ -98,6 +108,8 @@ class Spawned:
             descendants = self.tree.children(recursive=True)
         except psutil.NoSuchProcess:
             descendants = []
+        # Its own group and those it started (honcho starts each of the stack's services in a session).
+        groups = {self.process.pid} | _process_groups(descendants)
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -107,8 +119,8 @@ class Spawned:
                 self.process.wait()
         _, alive = psutil.wait_procs(descendants, timeout=10)
         # A process whose parent died before the stop (a Triton stub whose server was killed) is no longer
-        # under the tree, but still in the group.
-        for process in alive + _group_members(self.process.pid):
+        # under the tree, but still in its group.
+        for process in alive + _group_members(groups):
             try:
                 self.survivors.append(f"{process.name()} ({process.pid})")
                 process.kill()

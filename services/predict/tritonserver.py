@@ -8,12 +8,14 @@ uses only the standard library, and the server it starts gets the triton environ
 """
 
 import argparse
+import ctypes
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         extra_args=extra_args,
     )
     remove_stale_shm(args.grpc_port)
-    sys.exit(run_watched(command, leave_stops_to_server=True))
+    sys.exit(run_watched(command, leave_stops_to_server=True, end_orphans_after_s=1.0))
 
 
 # tritonserver's handler for a fatal signal prints this, then a backtrace, then exits. When the crash was in
@@ -245,13 +247,27 @@ _FATAL_SIGNAL_LINE = re.compile(r"^Signal \((\d+)\) received\.")
 _FATAL_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
 
 
-def run_watched(command: ServerCommand, *, grace_s: float = 5.0, leave_stops_to_server: bool = False) -> int:
+def run_watched(
+    command: ServerCommand,
+    *,
+    grace_s: float = 5.0,
+    leave_stops_to_server: bool = False,
+    end_orphans_after_s: float | None = None,
+) -> int:
     """Run tritonserver, relaying its output; if it reports a fatal signal and has not exited `grace_s`
     later, kill it. Returns the exit status a shell would give (128 + the signal after a crash), so a
     supervisor restarts a crashed server rather than leave a hung one in place.
 
     With `leave_stops_to_server`, this process ignores SIGTERM and SIGINT once the server runs: tritonserver
-    gets them with its process group, drains, and its exit ends this process."""
+    gets them with its process group, drains, and its exit ends this process.
+
+    With `end_orphans_after_s`, this process adopts what the server leaves behind (Linux's child subreaper)
+    and, once the server has exited, kills whatever of it still runs that many seconds later. The Python
+    backend's stub of a server killed under load can hang in its own exit (here, 1 time in 6 at least;
+    otherwise it is gone within 0.5 s), holding its shared memory: it ran on, its parent init, after the
+    whole stack had stopped. Only for a process with no other children: it takes them all for the server's."""
+    if end_orphans_after_s is not None:
+        _adopt_orphans()
     child = subprocess.Popen(
         command.argv, env=command.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -277,10 +293,63 @@ def run_watched(command: ServerCommand, *, grace_s: float = 5.0, leave_stops_to_
     relaying = threading.Thread(target=relay, name="tritonserver-output", daemon=True)
     relaying.start()
     status = child.wait()
+    if end_orphans_after_s is not None:
+        _end_orphans(end_orphans_after_s)
     relaying.join(timeout=1.0)
     if crashed:
         return 128 + crashed[0]
     return 128 - status if status < 0 else status
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _adopt_orphans() -> None:
+    """Become the parent of this process's orphaned descendants (rather than init), where Linux allows."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    """This process's children still running (zombies reaped on the way)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return []
+        if pid == 0:
+            break
+    me, children = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # pid (command) state ppid ...: the command may hold spaces and parentheses.
+                state, ppid = stat.read().rpartition(")")[2].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == me and state != "Z":
+            children.append(int(entry))
+    return children
+
+
+def _end_orphans(after_s: float) -> None:
+    """Wait up to `after_s` for the children left to exit on their own, then SIGKILL and reap them."""
+    deadline = time.monotonic() + after_s
+    while (left := _children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not left:
+        return
+    print(f"tritonserver left {len(left)} process(es) running {after_s:g} s after it: killing", flush=True)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 5.0
+    while _children() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _kill_if_running(child: subprocess.Popen) -> None:

@@ -3,6 +3,7 @@ import time
 from types import SimpleNamespace
 
 import psutil
+import pytest
 
 from services.bench.processes import Spawned, cpu_seconds
 from services.bench.tracing import set_triton_tracing
@@ -25,12 +26,20 @@ def test_cpu_of_a_process_that_exited_under_the_tree_still_counts(tmp_path):
         tree.stop()
 
 
-def test_stop_kills_a_process_of_its_group_whose_parent_died_first(tmp_path):
-    # As a Triton stub does when its server is killed: its parent gone, it is no longer under the tree,
-    # and it outlives SIGTERM.
+# What is left of a Triton whose server was killed: its stub, its parent gone, is no longer under the tree,
+# and it outlives SIGTERM. In the stack's own group, or in a session one of its processes started (as honcho
+# starts every service of the stack, the session's leader a respawning shell that outlives the server).
+ORPHAN_IN_OWN_GROUP = 'sh -c "{inner}"; sleep 300'
+ORPHAN_IN_A_CHILDS_SESSION = (
+    """setsid sh -c 'sh -c "{inner}"; while kill -0 $PPID; do sleep 0.1; done' & sleep 300"""
+)
+
+
+@pytest.mark.parametrize("where", [ORPHAN_IN_OWN_GROUP, ORPHAN_IN_A_CHILDS_SESSION], ids=["group", "session"])
+def test_stop_kills_a_process_of_its_groups_whose_parent_died_first(tmp_path, where):
     pid_file = tmp_path / "orphan.pid"
     inner = f"trap '' TERM; sleep 300 & echo \\$! > {pid_file}"
-    spawned = Spawned(["sh", "-c", f'sh -c "{inner}"; sleep 300'], {}, tmp_path / "log")
+    spawned = Spawned(["sh", "-c", where.format(inner=inner)], {}, tmp_path / "log")
     deadline = time.monotonic() + 30
     while not pid_file.exists() or not pid_file.read_text().strip():
         assert time.monotonic() < deadline, "the orphan never started"
@@ -40,11 +49,15 @@ def test_stop_kills_a_process_of_its_group_whose_parent_died_first(tmp_path):
 
     spawned.stop(timeout_s=5)
 
-    assert spawned.survivors == [f"sleep ({orphan.pid})"]
-    deadline = time.monotonic() + 5
-    while orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE:  # killed, reaped by init in time
-        assert time.monotonic() < deadline, "the orphan was not killed"
-        time.sleep(0.05)
+    try:
+        assert spawned.survivors == [f"sleep ({orphan.pid})"]
+        deadline = time.monotonic() + 5
+        while orphan.is_running() and orphan.status() != psutil.STATUS_ZOMBIE:  # killed, reaped by init
+            assert time.monotonic() < deadline, "the orphan was not killed"
+            time.sleep(0.05)
+    finally:
+        if orphan.is_running():
+            orphan.kill()
 
 
 async def test_triton_tracing_is_set_where_it_can_be_and_the_rest_named():

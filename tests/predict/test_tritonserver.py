@@ -1,7 +1,10 @@
 import os
 import signal
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 
 from services.predict.tritonserver import (
@@ -93,6 +96,44 @@ def test_a_killed_server_is_reported_even_while_its_children_hold_its_output_ope
 
     assert status == 128 + signal.SIGKILL
     assert took_s < 4
+
+
+def watched_adopting(server_script: str, end_orphans_after_s: float) -> subprocess.CompletedProcess:
+    """`run_watched` adopting the stand-in's orphans, in a process of its own: it takes all its children
+    for the server's."""
+    code = (
+        "import os, sys\n"
+        "from services.predict.tritonserver import ServerCommand, run_watched\n"
+        f"command = ServerCommand(['/bin/sh', '-c', {server_script!r}], dict(os.environ))\n"
+        f"sys.exit(run_watched(command, end_orphans_after_s={end_orphans_after_s}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_what_a_killed_server_leaves_running_is_killed_before_its_status_is_given(tmp_path):
+    # The stand-in for a stub that hangs after its server was killed: it outlives the server, deaf to SIGTERM.
+    pid_file = tmp_path / "stub.pid"
+    script = f"(trap '' TERM; exec sleep 60) & echo $! >{pid_file}; kill -KILL $$"
+    started = time.monotonic()
+    done = watched_adopting(script, end_orphans_after_s=0.5)
+    took_s = time.monotonic() - started
+    stub = int(pid_file.read_text())
+    try:
+        assert done.returncode == 128 + signal.SIGKILL
+        assert not psutil.pid_exists(stub) or psutil.Process(stub).status() == psutil.STATUS_ZOMBIE
+        assert "tritonserver left 1 process(es) running 0.5 s after it: killing" in done.stdout
+        assert took_s < 10
+    finally:
+        if psutil.pid_exists(stub) and "sleep" in psutil.Process(stub).cmdline():
+            os.kill(stub, signal.SIGKILL)
+
+
+def test_what_a_killed_server_leaves_is_let_exit_on_its_own_first():
+    started = time.monotonic()
+    done = watched_adopting("sleep 0.3 & kill -KILL $$", end_orphans_after_s=20)
+
+    assert (done.returncode, "killing" in done.stdout) == (128 + signal.SIGKILL, False)
+    assert time.monotonic() - started < 15
 
 
 def test_a_graceful_stop_is_not_taken_for_a_crash():
