@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from services.bench.loadgen import RunResult
@@ -79,10 +80,25 @@ class TracingRun:
     """CPU of the trace receiver (its own process) per 1000 calls; None when there is none."""
     spans_by_service: dict[str, int] = field(default_factory=dict)
     """Spans the receiver got from each service over the traced stack's life."""
+    cpu_per_1000: float | None = None
+    """CPU seconds per 1000 calls answered, over its turns and the pause after each: every process of the
+    stack that served them, and the trace receiver for the sampled mode."""
 
     @property
     def rate(self) -> float:
         return self.run.achieved_rate
+
+    def turn_ratios(self, base: TracingRun) -> list[float]:
+        """Each of its turns' rate over `base`'s turn in the same round."""
+        return [a / b for a, b in zip(self.turn_rates, base.turn_rates, strict=True) if b]
+
+    def ratio(self, base: TracingRun) -> float:
+        """Its rate over `base`'s: the median of the rounds' ratios when there are turns, so that a turn the
+        machine's neighbours slowed (every few seconds here) moves it little; else the whole runs'."""
+        turns = self.turn_ratios(base)
+        if turns:
+            return statistics.median(turns)
+        return self.rate / base.rate if base.rate else 0.0
 
 
 @dataclass

@@ -67,15 +67,17 @@ def hedging_table(results: BenchResults) -> str:
 
 def tracing_table(results: BenchResults) -> str:
     rows = [
-        "| tracing | calls/s at saturation | p50 ms | p99 ms | receiver CPU s/1000 calls | spans received |",
-        "|---|---|---|---|---|---|",
+        "| tracing | calls/s at saturation | p50 ms | p99 ms | CPU s/1000 calls | receiver CPU s/1000 calls "
+        "| spans received |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in results.tracing.values():
-        cpu = "-" if t.receiver_cpu_per_1000 is None else f"{t.receiver_cpu_per_1000:.2f}"
+        receiver = "-" if t.receiver_cpu_per_1000 is None else f"{t.receiver_cpu_per_1000:.2f}"
+        cpu = "-" if t.cpu_per_1000 is None else f"{t.cpu_per_1000:.2f}"
         spans = ", ".join(f"{service} {n}" for service, n in sorted(t.spans_by_service.items())) or "-"
         rows.append(
             f"| {t.name} | {t.rate:.0f} | {_ms(t.run.percentile_ms(50))} | {_ms(t.run.percentile_ms(99))} "
-            f"| {cpu} | {spans} |"
+            f"| {cpu} | {receiver} | {spans} |"
         )
     on = results.tracing.get("on")
     for key, baseline in (
@@ -85,13 +87,16 @@ def tracing_table(results: BenchResults) -> str:
         base = results.tracing.get(key)
         if on is None or base is None or not base.rate:
             continue
-        rows.append(f"\nSampled every call / {baseline}: **{on.rate / base.rate:.2f}** at saturation.")
-        turns = [a / b for a, b in zip(on.turn_rates, base.turn_rates, strict=True) if b]
-        if len(turns) > 1:
+        rows.append(f"\nSampled every call / {baseline}: **{on.ratio(base):.2f}** at saturation")
+        turns = on.turn_ratios(base)
+        if turns:
             rows[-1] += (
-                f" Turn by turn (each sampled turn beside its round's): "
-                f"{min(turns):.2f} to {max(turns):.2f} over {len(turns)} rounds."
+                f", the median of {len(turns)} rounds (each sampled turn beside its round's: "
+                f"{min(turns):.2f} to {max(turns):.2f}); all turns together {on.rate / base.rate:.2f}"
             )
+        if on.cpu_per_1000 and base.cpu_per_1000:
+            rows[-1] += f"; CPU per call {on.cpu_per_1000 / base.cpu_per_1000 - 1:+.1%}"
+        rows[-1] += "."
     return "\n".join(rows)
 
 

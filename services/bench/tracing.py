@@ -136,7 +136,8 @@ async def measure_tracing(
     stack started with tracing off, up beside `traced`), each driven closed loop with `concurrency` calls in
     flight for `seconds` in all, in interleaved turns of about SLICE_S after a warm-up, so all modes see the
     same machine. `traced` exports to `receiver`, whose CPU over the runs is charged to the traced calls.
-    Triton's tracing is on again afterwards."""
+    Each mode's CPU per call is its stack's over its turns and the pause after each (what a turn leaves to
+    export is its own). Triton's tracing is on again afterwards."""
     rounds = max(1, round(seconds / SLICE_S))
     with running_stack(
         out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"]), service_logs=True
@@ -150,38 +151,47 @@ async def measure_tracing(
                 "on": await calls.enter_async_context(score_call(traced.gateway, requests)),
             }
             calls.push_async_callback(set_triton_tracing, traced, True)
+            serving = {"off": [untraced.tree], "unsampled": [traced.tree], "on": [traced.tree, receiver.tree]}
+            cpu = dict.fromkeys(call_of, 0.0)
 
             def turn(key: str, call: Call, turn_s: float) -> Any:
                 async def run() -> Any:
                     if key != "off":
                         await set_triton_tracing(traced, key == "on")
-                    return await closed_loop(call, seconds=turn_s, concurrency=concurrency)
+                    before = sum(cpu_seconds(tree) for tree in serving[key])
+                    result = await closed_loop(call, seconds=turn_s, concurrency=concurrency)
+                    await asyncio.sleep(SETTLE_S)
+                    cpu[key] += sum(cpu_seconds(tree) for tree in serving[key]) - before
+                    return result
 
                 return run
 
             for key, call in call_of.items():  # warm-up
                 await turn(key, call, min(3.0, seconds / 2))()
-            await asyncio.sleep(SETTLE_S)
+            cpu = dict.fromkeys(call_of, 0.0)
             receiver_before = cpu_seconds(receiver.tree)
             runs = await interleaved(
-                {key: turn(key, call, seconds / rounds) for key, call in call_of.items()},
-                rounds,
-                pause_s=SETTLE_S,
+                {key: turn(key, call, seconds / rounds) for key, call in call_of.items()}, rounds
             )
-            await asyncio.sleep(SETTLE_S)  # the last traced turn's spans reach the receiver
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
     names = {"off": "off", "unsampled": UNSAMPLED, "on": TRACED}
-    results = {
-        key: TracingRun(names[key], merged(runs[key]), [turn.achieved_rate for turn in runs[key]])
-        for key in ("off", "unsampled", "on")
-    }
+    results = {}
+    for key in ("off", "unsampled", "on"):
+        run = merged(runs[key])
+        results[key] = TracingRun(
+            names[key],
+            run,
+            [turn.achieved_rate for turn in runs[key]],
+            cpu_per_1000=cpu[key] / max(run.ok, 1) * 1000,
+        )
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
     for result in results.values():
         run = result.run
         console.log(
             f"tracing {result.name}: {run.achieved_rate:.0f} calls/s at saturation "
             f"({concurrency} in flight), "
-            f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, {run.errors} errors"
+            f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, {run.errors} errors, "
+            f"CPU {result.cpu_per_1000:.2f} s per 1000 calls"
         )
     return results
 

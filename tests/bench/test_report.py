@@ -30,13 +30,16 @@ def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plo
         assert f"| {contender.name} |" in report
     assert "| Hedging: tail | slow replica: hedged p99 <= 0.2 x unhedged p99 |" in report
     assert (
-        "Sampled every call / the same stack sampling nothing: **0.97** at saturation. "
-        "Turn by turn (each sampled turn beside its round's): 0.95 to 0.98 over 2 rounds." in report
+        "Sampled every call / the same stack sampling nothing: **0.95** at saturation, the median of 3 "
+        "rounds (each sampled turn beside its round's: 0.56 to 0.98); all turns together 0.83; "
+        "CPU per call +5.3%." in report
     )
     assert (
-        "Sampled every call / a stack with tracing off: **0.95** at saturation. "
-        "Turn by turn (each sampled turn beside its round's): 0.90 to 1.00 over 2 rounds." in report
+        "Sampled every call / a stack with tracing off: **0.90** at saturation, the median of 3 rounds "
+        "(each sampled turn beside its round's: 0.55 to 1.00); all turns together 0.81; CPU per call +7.1%."
+        in report
     )
+    assert "| on | 163 | 22.02 | 22.02 | 12.00 | - | - |" in report
     for plot in ("latency_vs_load.png", "hedging_cdf.png"):
         assert f"]({plot})" in report
         assert (tmp_path / plot).read_bytes().startswith(PNG)

@@ -51,6 +51,7 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         assert len(run.turn_rates) == 2
         assert run.run.ok > 0 and run.run.errors == 0
         assert run.run.closed
+        assert run.cpu_per_1000 is not None and run.cpu_per_1000 > 0
     assert tracing["on"].receiver_cpu_per_1000 is not None
     # Its unsampled turns turned Triton's tracing off; it is back on.
     assert triton_trace_level == [["TIMESTAMPS"], ["TIMESTAMPS"]]
