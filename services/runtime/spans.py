@@ -13,10 +13,15 @@ Everything else is the SDK's: `LeanTracerProvider` is its `TracerProvider` (samp
 generator, span limits and processors from the same OTEL_* variables), and its tracers start spans exactly
 as the SDK's do, sampling decision, trace flags and all; only the span object differs. Events, links,
 status, exceptions and `to_json` are the SDK span's own methods. The span limits hold: attributes beyond
-the count limit are dropped and counted, strings cut at the length limit.
+the count limit push out the oldest and are counted, strings are cut at the length limit. Attributes are
+set without a lock: a span is changed by one thread at a time (each is made and ended by the request that
+owns it), as everywhere in scoregraph.
 
-In one process, a gateway call's four spans (a server span and three attempts) cost 270-290 us with the
-SDK's span and 140 us with this one (70 us sampling nothing; `/tmp/s7/gwspans.py` in session 7's note).
+In one process, a gateway call's four spans (its server span and three attempts, started, given their
+attributes, ended and queued for export) took 260-290 us with the SDK's span, 140 us with this one and
+70-90 us sampling nothing. At saturation, sampling every call cost 1.5 ms more CPU per Score call than
+sampling none with the SDK's span (+17 %) and 0.6 ms with this one (+6 %), Triton's and the receiver's
+share (0.25 ms) included.
 """
 
 from __future__ import annotations
