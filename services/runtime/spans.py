@@ -138,22 +138,22 @@ class LeanSpan(SdkSpan):
         return self._dropped_attributes
 
     def _add_event(self, event: EventBase) -> None:
-        with self._lock:
-            if self._end_time is not None:
-                _logger.warning("Tried calling _add_event on an ended span.")
-                return
-            if not isinstance(self._events, BoundedList):
-                self._events = BoundedList(self._limits.max_events)
-            self._events.append(event)
+        self._append("_events", event, self._limits.max_events, "_add_event")
 
     def _add_link(self, link: trace_api.Link) -> None:
+        self._append("_links", link, self._limits.max_links, "_add_link")
+
+    def _append(self, field: str, item: Any, limit: int | None, method: str) -> None:
+        """Append to the events or links, made bounded lists on the first one."""
         with self._lock:
             if self._end_time is not None:
-                _logger.warning("Tried calling _add_link on an ended span.")
+                _logger.warning("Tried calling %s on an ended span.", method)
                 return
-            if not isinstance(self._links, BoundedList):
-                self._links = BoundedList(self._limits.max_links)
-            self._links.append(link)
+            items = getattr(self, field)
+            if not isinstance(items, BoundedList):
+                items = BoundedList(limit)
+                setattr(self, field, items)
+            items.append(item)
 
     def start(self, start_time: int | None = None, parent_context: context_api.Context | None = None) -> None:
         if self._start_time is not None:
