@@ -253,7 +253,9 @@ async def test_a_deadline_too_short_calls_no_hop(make_graph, upstreams) -> None:
 
 async def test_a_hop_that_uses_up_the_deadline_degrades_within_it(make_graph, upstreams) -> None:
     upstreams.features.answer = slow(1.0, features_answer())
-    graph = make_graph(hop_reserve_ms=20)
+    # What the graph does once the hop has timed out (a log line, the verdict) took 26 ms of a 20 ms reserve
+    # once on a loaded CI machine: the reserve here leaves room for that, the deadline is the same.
+    graph = make_graph(hop_reserve_ms=60)
     started = time.monotonic()
 
     assessment = await graph.score(valid_request(), budget_s=0.2)
