@@ -92,6 +92,12 @@ class TracingRun:
         """Each of its turns' rate over `base`'s turn in the same round."""
         return [a / b for a, b in zip(self.turn_rates, base.turn_rates, strict=True) if b]
 
+    def cpu_change(self, base: TracingRun) -> float | None:
+        """How much more CPU per call than `base` (0.06 for 6 % more); None when either was not measured."""
+        if not self.cpu_per_1000 or not base.cpu_per_1000:
+            return None
+        return self.cpu_per_1000 / base.cpu_per_1000 - 1
+
     def ratio(self, base: TracingRun) -> float:
         """Its rate over `base`'s: the median of the rounds' ratios when there are turns, so that a turn the
         machine's neighbours slowed (every few seconds here) moves it little; else the whole runs'."""

@@ -94,8 +94,8 @@ def tracing_table(results: BenchResults) -> str:
                 f", the median of {len(turns)} rounds (each sampled turn beside its round's: "
                 f"{min(turns):.2f} to {max(turns):.2f}); all turns together {on.rate / base.rate:.2f}"
             )
-        if on.cpu_per_1000 and base.cpu_per_1000:
-            rows[-1] += f"; CPU per call {on.cpu_per_1000 / base.cpu_per_1000 - 1:+.1%}"
+        if (cpu := on.cpu_change(base)) is not None:
+            rows[-1] += f"; CPU per call {cpu:+.1%}"
         rows[-1] += "."
     return "\n".join(rows)
 

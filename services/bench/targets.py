@@ -150,8 +150,8 @@ def evaluate(results: BenchResults) -> list[Target]:
         turns = on.turn_ratios(unsampled)
         figures = f"{ratio:.2f}" + (f" over {len(turns)} rounds" if turns else "")
         figures += f" (all turns: {on.rate:.0f}/s / {unsampled.rate:.0f}/s = {on.rate / unsampled.rate:.2f}"
-        if on.cpu_per_1000 and unsampled.cpu_per_1000:
-            figures += f"; CPU per call {on.cpu_per_1000 / unsampled.cpu_per_1000 - 1:+.1%}"
+        if (cpu := on.cpu_change(unsampled)) is not None:
+            figures += f"; CPU per call {cpu:+.1%}"
         if off is not None and off.rate:
             figures += f"; a stack with tracing off: {on.ratio(off):.2f}"
         targets.append(Target(name, goal, figures + ")", ratio >= 0.9))

@@ -166,9 +166,9 @@ async def measure_tracing(
 
                 return run
 
-            for key, call in call_of.items():  # warm-up
+            for key, call in call_of.items():  # warm-up, its CPU not counted
                 await turn(key, call, min(3.0, seconds / 2))()
-            cpu = dict.fromkeys(call_of, 0.0)
+            cpu.update(dict.fromkeys(cpu, 0.0))
             receiver_before = cpu_seconds(receiver.tree)
             runs = await interleaved(
                 {key: turn(key, call, seconds / rounds) for key, call in call_of.items()}, rounds
