@@ -127,7 +127,21 @@ class LeanSpan(SdkSpan):
         if self._end_time is not None:
             _logger.warning("Setting attribute on ended span.")
             return
+        own = self._attributes
+        limit = self._limits.max_span_attributes
+        length = self._limits.max_span_attribute_length
         for key, value in attributes.items():
+            kind = type(value)
+            # The common case stored at once: a new str key, room left, a value kept as it is.
+            if (
+                type(key) is str
+                and key
+                and key not in own
+                and (limit is None or len(own) < limit)
+                and (kind in _AS_THEY_ARE or (kind is str and (length is None or len(value) <= length)))
+            ):
+                own[key] = value
+                continue
             # A mapping's keys are cleaned as the SDK cleans them: another type becomes its str().
             if type(key) is not str and key and _is_non_custom_str(key):
                 key = str(key)  # noqa: PLW2901

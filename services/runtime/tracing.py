@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.runtime import metrics
 from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
 from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter
-from services.runtime.spans import LeanTracerProvider
+from services.runtime.spans import LeanSpan, LeanTracerProvider
 
 SPAN_ATTRIBUTES: Mapping[str, str] = {
     # OpenTelemetry's RPC and network semantic conventions.
@@ -100,13 +100,21 @@ class AllowListedAttributes(SpanProcessor):
         self._delegate.on_start(span, parent_context=parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
-        attributes = span.attributes or {}
-        clean = (
-            self._allowed.issuperset(attributes)
-            and not span.events
-            and not span.links
-            and span.status.description is None
-        )
+        if type(span) is LeanSpan:
+            # Its own fields, not the copies its properties make: ended, it changes no more.
+            clean = (
+                self._allowed.issuperset(span._attributes)
+                and not span._events
+                and not span._links
+                and span._status.description is None
+            )
+        else:
+            clean = (
+                self._allowed.issuperset(span.attributes or {})
+                and not span.events
+                and not span.links
+                and span.status.description is None
+            )
         self._delegate.on_end(span if clean else self._filtered(span))
 
     def _filtered(self, span: ReadableSpan) -> ReadableSpan:

@@ -98,6 +98,8 @@ def scenario(provider: TracerProvider) -> None:
     root.set_attribute("", "an empty key")
     root.set_attribute(7, "a key of another type")  # type: ignore[arg-type]
     root.set_attributes({8: "converted", NoStr(): "dropped", "mapping": {"nested": 1}})  # type: ignore[dict-item]
+    # A mapping of plain values: one key new, one set before (it moves to the end).
+    root.set_attributes({"fresh": 1, "server.port": 50052})
     root.add_event("checkpoint", {"step": 1, "names": ["x"]}, timestamp=T0 + 10)
     root.record_exception(ERROR, {"extra": "yes"}, timestamp=T0 + 20, escaped=True)
     root.add_link(REMOTE_PARENT, {"why": "follows"})
@@ -126,7 +128,9 @@ def scenario(provider: TracerProvider) -> None:
     child.update_name("renamed late")
     child.end(end_time=T0 + 70)
     root.end(end_time=T0 + 100)
-    with tracer.start_as_current_span("current", start_time=T0 + 200, end_on_exit=False) as current:
+    with tracer.start_as_current_span(
+        "current", attributes={"long": "a string longer than five"}, start_time=T0 + 200, end_on_exit=False
+    ) as current:
         current.set_attribute("kept", "yes")
     current.end(end_time=T0 + 210)
     unsampled = tracer.start_span(

@@ -20,6 +20,7 @@ from services.runtime.errors import FieldViolation, InvalidInput
 from services.runtime.otlp import OTLPGrpcSpanExporter as GrpcExporter
 from services.runtime.otlp import OTLPHttpSpanExporter as HttpExporter
 from services.runtime.server import GrpcServer
+from services.runtime.spans import LeanTracerProvider
 from services.runtime.tracing import AllowListedAttributes, client_interceptors, observed_hop, otlp_exporter
 from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, gateway_registration, runtime_settings
 
@@ -27,12 +28,13 @@ TEST_PAN = "4111111111111111"
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture
-def spans(monkeypatch) -> Iterator[InMemorySpanExporter]:
-    """Spans of the runtime's tracer, through the allow-list, into memory. The global provider can be set
+@pytest.fixture(params=[TracerProvider, LeanTracerProvider], ids=["sdk-span", "lean-span"])
+def spans(monkeypatch, request) -> Iterator[InMemorySpanExporter]:
+    """Spans of the runtime's tracer, through the allow-list, into memory: the SDK's spans, and the
+    services' own (LeanSpan), which the allow-list reads without copying. The global provider can be set
     once per process, so the runtime's lookups of it are pointed at this one instead."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = request.param()
     provider.add_span_processor(AllowListedAttributes(SimpleSpanProcessor(exporter)))
     monkeypatch.setattr(tracing.trace, "get_tracer_provider", lambda: provider)
     monkeypatch.setattr(tracing.trace, "get_tracer", lambda name: provider.get_tracer(name))
@@ -173,6 +175,22 @@ def test_the_allow_list_drops_unknown_attributes_exception_text_and_status_descr
     [event] = exported.events
     assert dict(event.attributes) == {"exception.type": "ValueError"}
     assert TEST_PAN not in exported.to_json() and "203.0.113.7" not in exported.to_json()
+
+
+def test_the_allow_list_reaches_event_and_link_attributes_of_an_otherwise_clean_span(spans):
+    tracer = tracing.trace.get_tracer("test")
+    linked = trace.SpanContext(0x1, 0x2, is_remote=True)
+    with tracer.start_as_current_span("score", links=[trace.Link(linked, {"card": TEST_PAN})]) as span:
+        span.set_attribute("scoregraph.verdict", "NOT_FRAUD")
+        span.add_event("retry", {"scoregraph.retry.attempt": 2, "card": TEST_PAN})
+
+    [exported] = spans.get_finished_spans()
+    assert dict(exported.attributes) == {"scoregraph.verdict": "NOT_FRAUD"}
+    [event] = exported.events
+    assert dict(event.attributes) == {"scoregraph.retry.attempt": 2}
+    [link] = exported.links
+    assert link.context == linked and not link.attributes
+    assert TEST_PAN not in exported.to_json()
 
 
 @pytest.mark.parametrize(
