@@ -50,14 +50,42 @@ def stack_ports(first: int) -> dict[str, int]:
 def cpu_seconds(root: psutil.Process) -> float:
     """User and system CPU of `root` and every process under it, those that have exited included (their
     parent has reaped them: a replica restarted after a crash still counts what it used)."""
-    total = 0.0
+    return sum(cpu_by_part(root).values())
+
+
+#: What a process is, by a piece of its command line, first match wins: the part of the graph its CPU is
+#: shown under (cpu_by_part).
+_PARTS = (
+    ("triton_python_backend_stub", "triton stub"),
+    ("bin/tritonserver", "tritonserver"),
+    ("-m services.gateway", "gateway"),
+    ("-m services.features", "features"),
+    ("-m services.postprocess", "postprocess"),
+    ("-m services.bench.tracing", "receiver"),
+)
+
+
+def part_of(command: list[str]) -> str:
+    """The part of the graph a process with this command line is; `other` for supervisors, respawning
+    shells, watchers and whatever else."""
+    line = " ".join(command)
+    return next((part for piece, part in _PARTS if piece in line), "other")
+
+
+def cpu_by_part(root: psutil.Process) -> dict[str, float]:
+    """`cpu_seconds(root)` by the part of the graph each process is (part_of): what a process's exited
+    children used (reaped by it) counts as its own."""
+    parts: dict[str, float] = {}
     for process in [root, *root.children(recursive=True)]:
         try:
-            times = process.cpu_times()
+            with process.oneshot():
+                times = process.cpu_times()
+                part = part_of(process.cmdline())
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+        used = times.user + times.system + times.children_user + times.children_system
+        parts[part] = parts.get(part, 0.0) + used
+    return parts
 
 
 def _process_groups(processes: list[psutil.Process]) -> set[int]:

@@ -87,8 +87,8 @@ stack, every call traced in every process (Triton included) and exported over OT
 process of its own on the same cores; on the same stack sampling nothing (each call's `traceparent` says
 "not sampled", and Triton's trace level is OFF for those turns); and on a stack with tracing off up beside
 it. The three are driven in turns of a few seconds, each followed by a pause in which the traced stack
-exports what is left (its span processors' schedule delay is {machine["bsp_schedule_delay_ms"]} ms in the
-benchmark, 5000 by default; under load they export every 512 spans either way). The target is judged
+exports what is left (its span processors' schedule delay is {machine["bsp_schedule_delay_ms"]} ms,
+OpenTelemetry's default: they export every 512 spans or when that long has passed). The target is judged
 against the same stack sampling nothing: two stacks, both with tracing off, differed by 3-9 % in the same
 kind of run, more than the 10 % judged.
 

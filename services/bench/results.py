@@ -83,6 +83,9 @@ class TracingRun:
     cpu_per_1000: float | None = None
     """CPU seconds per 1000 calls answered, over its turns and the pause after each: every process of the
     stack that served them, and the trace receiver for the sampled mode."""
+    turn_cpu_per_1000: list[dict[str, float]] = field(default_factory=list)
+    """Each turn's CPU seconds per 1000 calls answered in it, by part of the graph (`gateway`, `features`,
+    `tritonserver`, `receiver`...: services.bench.processes.part_of), in the order of `turn_rates`."""
 
     @property
     def rate(self) -> float:
@@ -92,11 +95,35 @@ class TracingRun:
         """Each of its turns' rate over `base`'s turn in the same round."""
         return [a / b for a, b in zip(self.turn_rates, base.turn_rates, strict=True) if b]
 
+    def _turn_cpu_pairs(self, base: TracingRun) -> list[tuple[dict[str, float], dict[str, float]]]:
+        """Its turns' CPU by part beside `base`'s turn of each round; none unless both have every turn's."""
+        if len(self.turn_cpu_per_1000) != len(base.turn_cpu_per_1000):
+            return []
+        return list(zip(self.turn_cpu_per_1000, base.turn_cpu_per_1000, strict=True))
+
     def cpu_change(self, base: TracingRun) -> float | None:
-        """How much more CPU per call than `base` (0.06 for 6 % more); None when either was not measured."""
+        """How much more CPU per call than `base` (0.06 for 6 % more): the median of the rounds' when both
+        were measured turn by turn, as `ratio`; else of the whole runs'; None when either was not measured."""
+        rounds = [
+            sum(mine.values()) / sum(theirs.values()) - 1
+            for mine, theirs in self._turn_cpu_pairs(base)
+            if sum(theirs.values())
+        ]
+        if rounds:
+            return statistics.median(rounds)
         if not self.cpu_per_1000 or not base.cpu_per_1000:
             return None
         return self.cpu_per_1000 / base.cpu_per_1000 - 1
+
+    def cpu_by_part_change(self, base: TracingRun) -> dict[str, float]:
+        """CPU seconds per 1000 calls more than `base`, by part of the graph: for each part either has, the
+        median of the rounds' differences; empty when they were not measured turn by turn."""
+        pairs = self._turn_cpu_pairs(base)
+        parts = sorted(set().union(*(mine.keys() | theirs.keys() for mine, theirs in pairs)))
+        return {
+            part: statistics.median(mine.get(part, 0.0) - theirs.get(part, 0.0) for mine, theirs in pairs)
+            for part in parts
+        }
 
     def ratio(self, base: TracingRun) -> float:
         """Its rate over `base`'s: the median of the rounds' ratios when there are turns, so that a turn the

@@ -97,6 +97,12 @@ def tracing_table(results: BenchResults) -> str:
         if (cpu := on.cpu_change(base)) is not None:
             rows[-1] += f"; CPU per call {cpu:+.1%}"
         rows[-1] += "."
+        if key == "unsampled" and (change := on.cpu_by_part_change(base)):
+            rows.append(
+                "Sampling's CPU per call, by process (ms more than sampling nothing): "
+                + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
+                + "."
+            )
     return "\n".join(rows)
 
 

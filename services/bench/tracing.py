@@ -46,6 +46,7 @@ from services.bench.processes import (
     STACK_SLOTS,
     LocalStack,
     Spawned,
+    cpu_by_part,
     cpu_seconds,
     listening,
     running_stack,
@@ -70,10 +71,12 @@ TRACED = "on (100 % sampled)"
 UNSAMPLED = "on, 0 % sampled (same stack)"
 
 
-#: The span processors' schedule delay in the benchmark's traced stacks (OpenTelemetry's default is 5000 ms).
-#: Under load they export whenever 512 spans are queued, whatever the delay; it only bounds how long the
-#: last few wait, which the interleaved saturation turns need to be short.
-BSP_SCHEDULE_DELAY_MS = 1000
+#: The span processors' schedule delay in the benchmark's traced stacks: OpenTelemetry's default, what a
+#: user's stack runs with (and tritonserver's, which takes it too). A processor exports when 512 spans are
+#: queued or when the delay has passed since its last export; each export costs 1-2 ms of CPU in the
+#: process and about 1 ms in the receiver whatever its size, so a shorter delay would charge tracing for
+#: exports a user's stack does not make (with 1000 ms, about 8 a second here instead of 3).
+BSP_SCHEDULE_DELAY_MS = 5000
 
 
 def tracing_on(endpoint: str) -> dict[str, str]:
@@ -119,9 +122,9 @@ async def set_triton_tracing(stack: LocalStack, on: bool) -> list[str]:
 
 #: Length of one turn of each mode in the interleaved saturation runs.
 SLICE_S = 2.5
-#: Pause after each turn: the traced stack's span processors export what the turn left within their
-#: schedule delay (BSP_SCHEDULE_DELAY_MS), not during the turn that follows.
-SETTLE_S = 1.5
+#: Pause after each turn of every mode: the traced stack's span processors export what a turn left within
+#: their schedule delay (BSP_SCHEDULE_DELAY_MS), in the pause and not in the turn that follows.
+SETTLE_S = BSP_SCHEDULE_DELAY_MS / 1000 + 0.5
 
 
 async def measure_tracing(
@@ -131,13 +134,15 @@ async def measure_tracing(
     requests: list[gateway_pb2.ScoreRequest],
     seconds: float,
     concurrency: int,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, TracingRun]:
     """Saturation `on` (every call sampled), `unsampled` (the same stack sampling nothing) and `off` (a
     stack started with tracing off, up beside `traced`), each driven closed loop with `concurrency` calls in
     flight for `seconds` in all, in interleaved turns of about SLICE_S after a warm-up, so all modes see the
     same machine. `traced` exports to `receiver`, whose CPU over the runs is charged to the traced calls.
-    Each mode's CPU per call is its stack's over its turns and the pause after each (what a turn leaves to
-    export is its own). Triton's tracing is on again afterwards."""
+    Each mode's CPU per call is its stack's over its turns and the pause of `settle_s` after each (what a
+    turn leaves to export is its own), in all and turn by turn for each process. Triton's tracing is on
+    again afterwards."""
     rounds = max(1, round(seconds / SLICE_S))
     with running_stack(
         out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"]), service_logs=True
@@ -152,23 +157,32 @@ async def measure_tracing(
             }
             calls.push_async_callback(set_triton_tracing, traced, True)
             serving = {"off": [untraced.tree], "unsampled": [traced.tree], "on": [traced.tree, receiver.tree]}
-            cpu = dict.fromkeys(call_of, 0.0)
+            cpu: dict[str, list[Counter[str]]] = {key: [] for key in call_of}
+
+            def used(key: str) -> Counter[str]:
+                total: Counter[str] = Counter()
+                for tree in serving[key]:
+                    total.update(cpu_by_part(tree))
+                return total
 
             def turn(key: str, call: Call, turn_s: float) -> Any:
                 async def run() -> Any:
                     if key != "off":
                         await set_triton_tracing(traced, key == "on")
-                    before = sum(cpu_seconds(tree) for tree in serving[key])
+                    before = used(key)
                     result = await closed_loop(call, seconds=turn_s, concurrency=concurrency)
-                    await asyncio.sleep(SETTLE_S)
-                    cpu[key] += sum(cpu_seconds(tree) for tree in serving[key]) - before
+                    await asyncio.sleep(settle_s)
+                    after = used(key)
+                    after.subtract(before)
+                    cpu[key].append(after)
                     return result
 
                 return run
 
             for key, call in call_of.items():  # warm-up, its CPU not counted
                 await turn(key, call, min(3.0, seconds / 2))()
-            cpu.update(dict.fromkeys(cpu, 0.0))
+            for turns in cpu.values():
+                turns.clear()
             receiver_before = cpu_seconds(receiver.tree)
             runs = await interleaved(
                 {key: turn(key, call, seconds / rounds) for key, call in call_of.items()}, rounds
@@ -182,7 +196,11 @@ async def measure_tracing(
             names[key],
             run,
             [turn.achieved_rate for turn in runs[key]],
-            cpu_per_1000=cpu[key] / max(run.ok, 1) * 1000,
+            cpu_per_1000=sum(sum(used.values()) for used in cpu[key]) / max(run.ok, 1) * 1000,
+            turn_cpu_per_1000=[
+                {part: seconds / max(turn.ok, 1) * 1000 for part, seconds in sorted(used.items())}
+                for used, turn in zip(cpu[key], runs[key], strict=True)
+            ],
         )
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
     for result in results.values():

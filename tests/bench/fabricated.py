@@ -48,8 +48,27 @@ def results(**overrides: Contender) -> BenchResults:
             # The sampled mode's third turn was slowed by the machine, not by tracing.
             "off": TracingRun("off", make_run([20.0] * 100, 200), [210.0, 190.0, 200.0], cpu_per_1000=11.2),
             "unsampled": TracingRun(
-                "unsampled", make_run([20.5] * 100, 196), [198.0, 194.0, 197.0], cpu_per_1000=11.4
+                "unsampled",
+                make_run([20.5] * 100, 196),
+                [198.0, 194.0, 197.0],
+                cpu_per_1000=11.4,
+                turn_cpu_per_1000=[
+                    {"gateway": 5.0, "features": 3.0, "tritonserver": 2.0},
+                    {"gateway": 5.2, "features": 3.1, "tritonserver": 2.1},
+                    {"gateway": 5.1, "features": 3.0, "tritonserver": 2.0},
+                ],
             ),
-            "on": TracingRun("on", make_run([22.0] * 95, 163), [189.0, 190.0, 110.0], cpu_per_1000=12.0),
+            "on": TracingRun(
+                "on",
+                make_run([22.0] * 95, 163),
+                [189.0, 190.0, 110.0],
+                cpu_per_1000=12.0,
+                turn_cpu_per_1000=[
+                    {"gateway": 5.3, "features": 3.2, "tritonserver": 2.2, "receiver": 0.1},
+                    {"gateway": 5.5, "features": 3.3, "tritonserver": 2.3, "receiver": 0.1},
+                    # The slowed turn: every process used more per call.
+                    {"gateway": 9.0, "features": 5.0, "tritonserver": 3.0, "receiver": 0.2},
+                ],
+            ),
         },
     )

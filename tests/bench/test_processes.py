@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from services.bench.processes import Spawned, cpu_seconds
+from services.bench.processes import Spawned, cpu_by_part, cpu_seconds, part_of
 from services.bench.tracing import set_triton_tracing
 from services.stack.topology import StackSettings
 
@@ -24,6 +24,43 @@ def test_cpu_of_a_process_that_exited_under_the_tree_still_counts(tmp_path):
         assert cpu_seconds(tree.tree) >= 0.05
     finally:
         tree.stop()
+
+
+def test_cpu_is_told_apart_by_the_part_of_the_graph_each_process_is(tmp_path):
+    # A busy process whose command line is the gateway's, still running, under a shell.
+    busy = "import time; sum(i * i for i in range(3_000_000)); print('done', flush=True); time.sleep(30)"
+    tree = Spawned(["sh", "-c", f'{sys.executable} -c "{busy}" -m services.gateway'], {}, tmp_path / "log")
+    try:
+        deadline = time.monotonic() + 30
+        while "done" not in tree.log_path.read_text():
+            assert time.monotonic() < deadline, "the busy process never finished its work"
+            time.sleep(0.05)
+        parts = cpu_by_part(tree.tree)
+        assert parts["gateway"] >= 0.05
+        assert parts.get("other", 0.0) < parts["gateway"]
+        assert sum(parts.values()) == pytest.approx(cpu_seconds(tree.tree), abs=0.02)
+    finally:
+        tree.stop()
+
+
+@pytest.mark.parametrize(
+    ("command", "part"),
+    [
+        ("/repo/.venv/bin/python -m services.features", "features"),
+        (
+            "/repo/.venv-triton/site-packages/pytriton/tritonserver/bin/tritonserver --grpc-port=1",
+            "tritonserver",
+        ),
+        ("/repo/.venv-triton/backends/python/triton_python_backend_stub /m/model.py shm 1 0", "triton stub"),
+        ("/repo/.venv/bin/python -m services.predict.tritonserver --grpc-port=1", "other"),  # the watcher
+        ("/repo/.venv/bin/python -m services.bench.tracing", "receiver"),
+        # A respawning shell is its service: a crashed one's CPU is in the shell's reaped children.
+        ("/bin/sh -c while true; do python -m services.gateway; done", "gateway"),
+        ("/repo/.venv/bin/python -m services.stack up", "other"),
+    ],
+)
+def test_a_process_is_the_part_its_command_line_names(command, part):
+    assert part_of(command.split()) == part
 
 
 # What is left of a Triton whose server was killed: its stub, its parent gone, is no longer under the tree,

@@ -1,3 +1,5 @@
+import pytest
+
 from services.bench.results import BenchResults, TracingRun
 from services.bench.targets import evaluate
 from tests.bench.fabricated import contender, make_run, results
@@ -15,7 +17,7 @@ def test_each_target_is_computed_from_the_runs_figures():
     assert targets["Graph throughput vs the monolith"].figures == "100/s / 200/s = 0.50"
     assert targets["Hedging: extra load"].figures == "(103 - 100) / 100 = 3.0%"
     assert targets["Tracing at 100 % sampling"].figures == (
-        "0.95 over 3 rounds (all turns: 163/s / 196/s = 0.83; CPU per call +5.3%; "
+        "0.95 over 3 rounds (all turns: 163/s / 196/s = 0.83; CPU per call +8.0%; "
         "a stack with tracing off: 0.90)"
     )
     assert {name: t.verdict for name, t in targets.items()} == {
@@ -97,3 +99,23 @@ def test_tracing_is_judged_on_the_median_of_its_rounds_when_it_ran_in_turns():
     assert tracing([190, 191, 60], [200, 200, 200]) == "met"
     # Most rounds below 0.9, whatever one turn did: 0.97 over all turns.
     assert tracing([170, 175, 240], [200, 200, 190]) == "missed"
+
+
+def test_cpu_per_call_is_compared_round_by_round_when_each_turn_was_measured():
+    def run(turns: list[dict[str, float]]) -> TracingRun:
+        total = sum(sum(turn.values()) for turn in turns) / len(turns)
+        return TracingRun(
+            "x", make_run([20.0] * 10), [100.0] * len(turns), cpu_per_1000=total, turn_cpu_per_1000=turns
+        )
+
+    base = run([{"gateway": 4.0, "features": 6.0}] * 3)
+    # One turn four times dearer: the rounds' median sees the other two.
+    sampled = run([{"gateway": 4.5, "features": 6.0}, {"gateway": 4.4, "features": 6.1}, {"gateway": 40.0}])
+    assert sampled.cpu_change(base) == pytest.approx(0.05)
+    change = sampled.cpu_by_part_change(base)
+    # A part one run lacks counts as none: 40 - 4 for the gateway, 0 - 6 for the features in that round.
+    assert change == pytest.approx({"gateway": 0.5, "features": 0.0})
+    # Without every turn's CPU on both sides, the whole runs' figures.
+    whole = TracingRun("x", make_run([20.0] * 10), [100.0] * 3, cpu_per_1000=12.0)
+    assert whole.cpu_change(base) == pytest.approx(0.2)
+    assert whole.cpu_by_part_change(base) == {}

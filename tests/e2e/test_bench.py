@@ -37,8 +37,11 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
     try:
         graph = stack_ports(STACK_SLOTS["graph"])
         with running_stack(tmp_path / "graph.log", traced, graph, service_logs=True) as stack:
-            # 5 s in all per mode: two turns each.
-            tracing = await measure_tracing(tmp_path, stack, receiver, requests, seconds=5.0, concurrency=4)
+            # 5 s in all per mode: two turns each, with a pause after each shorter than the benchmark's (what
+            # a sampled turn leaves to export may then be counted in the next: the figures are not judged).
+            tracing = await measure_tracing(
+                tmp_path, stack, receiver, requests, seconds=5.0, concurrency=4, settle_s=1.0
+            )
             triton_trace_level = [await trace_level(stack.address(name)) for name in ("triton-0", "triton-1")]
             hedging = await measure_slow_replica(
                 tmp_path, requests, rate=20, seconds=8.0, tracing=traced, healthy=stack
@@ -52,6 +55,19 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         assert run.run.ok > 0 and run.run.errors == 0
         assert run.run.closed
         assert run.cpu_per_1000 is not None and run.cpu_per_1000 > 0
+        # Each turn's CPU by process: every service of the graph served it.
+        assert len(run.turn_cpu_per_1000) == 2
+        for turn in run.turn_cpu_per_1000:
+            assert {"gateway", "features", "postprocess", "tritonserver"} <= {
+                p for p, s in turn.items() if s > 0
+            }
+    assert all(turn.get("receiver", 0) > 0 for turn in tracing["on"].turn_cpu_per_1000)
+    assert not any("receiver" in turn for turn in tracing["unsampled"].turn_cpu_per_1000)
+    assert set(tracing["on"].cpu_by_part_change(tracing["unsampled"])) >= {
+        "gateway",
+        "receiver",
+        "tritonserver",
+    }
     assert tracing["on"].receiver_cpu_per_1000 is not None
     # Its unsampled turns turned Triton's tracing off; it is back on.
     assert triton_trace_level == [["TIMESTAMPS"], ["TIMESTAMPS"]]
