@@ -58,6 +58,9 @@ def cpu_seconds(root: psutil.Process) -> float:
 _PARTS = (
     ("triton_python_backend_stub", "triton stub"),
     ("bin/tritonserver", "tritonserver"),
+    # The watcher that runs tritonserver (and its respawning shell) reaps it: a crashed server's CPU is in
+    # their reaped children's, which must stay tritonserver's.
+    ("-m services.predict.tritonserver", "tritonserver"),
     ("-m services.gateway", "gateway"),
     ("-m services.features", "features"),
     ("-m services.postprocess", "postprocess"),
@@ -66,8 +69,8 @@ _PARTS = (
 
 
 def part_of(command: list[str]) -> str:
-    """The part of the graph a process with this command line is; `other` for supervisors, respawning
-    shells, watchers and whatever else."""
+    """The part of the graph a process with this command line is (a service's respawning shell and
+    Triton's watcher count as theirs); `other` for the supervisor and whatever else."""
     line = " ".join(command)
     return next((part for piece, part in _PARTS if piece in line), "other")
 

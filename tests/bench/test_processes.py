@@ -52,7 +52,8 @@ def test_cpu_is_told_apart_by_the_part_of_the_graph_each_process_is(tmp_path):
             "tritonserver",
         ),
         ("/repo/.venv-triton/backends/python/triton_python_backend_stub /m/model.py shm 1 0", "triton stub"),
-        ("/repo/.venv/bin/python -m services.predict.tritonserver --grpc-port=1", "other"),  # the watcher
+        # Triton's watcher, which reaps it: a crashed server's CPU stays tritonserver's.
+        ("/repo/.venv/bin/python -m services.predict.tritonserver --grpc-port=1", "tritonserver"),
         ("/repo/.venv/bin/python -m services.bench.tracing", "receiver"),
         # A respawning shell is its service: a crashed one's CPU is in the shell's reaped children.
         ("/bin/sh -c while true; do python -m services.gateway; done", "gateway"),

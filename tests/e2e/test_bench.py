@@ -61,7 +61,9 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
             assert {"gateway", "features", "postprocess", "tritonserver"} <= {
                 p for p, s in turn.items() if s > 0
             }
-    assert all(turn.get("receiver", 0) > 0 for turn in tracing["on"].turn_cpu_per_1000)
+    # The receiver's CPU is the sampled turns' alone (within this test's short pauses a turn may leave all its
+    # exports to the next one's, so it is not asserted above zero).
+    assert all("receiver" in turn for turn in tracing["on"].turn_cpu_per_1000)
     assert not any("receiver" in turn for turn in tracing["unsampled"].turn_cpu_per_1000)
     assert set(tracing["on"].cpu_by_part_change(tracing["unsampled"])) >= {
         "gateway",
