@@ -196,10 +196,10 @@ async def measure_tracing(
             names[key],
             run,
             [turn.achieved_rate for turn in runs[key]],
-            cpu_per_1000=sum(sum(used.values()) for used in cpu[key]) / max(run.ok, 1) * 1000,
+            cpu_per_1000=sum(sum(spent.values()) for spent in cpu[key]) / max(run.ok, 1) * 1000,
             turn_cpu_per_1000=[
-                {part: seconds / max(turn.ok, 1) * 1000 for part, seconds in sorted(used.items())}
-                for used, turn in zip(cpu[key], runs[key], strict=True)
+                {part: part_s / max(turn_run.ok, 1) * 1000 for part, part_s in sorted(spent.items())}
+                for spent, turn_run in zip(cpu[key], runs[key], strict=True)
             ],
         )
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
