@@ -11,10 +11,11 @@ Contenders, all on this machine, fed the same live transactions:
 - the monolith: validation, Feast, onnxruntime and the policy in one process (services.bench.monolith).
 Each is driven one call at a time (its latency floor), then open loop at rates that close in on its
 saturation. Then: the graph at half its saturation rate; hedging on and off with one slow features replica,
-beside the healthy stack; the graph's saturation with tracing at 100 % sampling and, on a stack of its own,
-off. Each of these comparisons drives its contenders in turns of a few seconds, with their stacks up side by
-side, so they share what the machine's neighbours do. The report
-(markdown with issue #6's targets, and PNG plots) goes to results/bench-<time>/.
+beside the healthy stack; the graph's saturation with tracing at 100 % sampling, sampling nothing and, on a
+stack of its own, off; sampling every call and none at a steady half of that saturation rate. Each of these
+comparisons drives its contenders in turns of a few seconds, with their stacks up side by side, so they share
+what the machine's neighbours do. The report (markdown with issue #6's targets, and PNG plots) goes to
+results/bench-<time>/.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from services.bench.results import SLO_P99_MS, BenchResults, Contender
 from services.bench.tracing import (
     BSP_SCHEDULE_DELAY_MS,
     RECEIVER_ENDPOINT,
+    measure_steady_tracing,
     measure_tracing,
     spans_received,
     start_receiver,
@@ -74,6 +76,8 @@ class BenchPlan:
     hedging_s: float
     saturation_s: float
     saturation_concurrency: int = 16
+    steady_tracing_rounds: int = 6
+    """Rounds of turns of the sampled and unsampled modes at half the unsampled saturation rate."""
 
 
 #: The default run stays within 10 minutes on two cores, --quick within about 3: each starts three stacks
@@ -91,6 +95,7 @@ PLANS = {
         hedging_rate=25,
         hedging_s=8.0,
         saturation_s=3.0,
+        steady_tracing_rounds=1,
     ),
 }
 #: Order of the summary table: the floors, the feature servers, then the whole graph beside the monolith.
@@ -162,6 +167,11 @@ async def measure_graph_stack(
                 out, stack, receiver, requests, plan.saturation_s, plan.saturation_concurrency
             )
         )
+        if rate := round(results.tracing["unsampled"].rate / 2):
+            progress(f"graph stack: sampled and unsampled at a steady {rate}/s (half saturation), in turns")
+            results.tracing_steady.update(
+                await measure_steady_tracing(stack, receiver, requests, rate, plan.steady_tracing_rounds)
+            )
         progress("graph stack: features service (features-0 alone)")
         async with features_call(stack.address("features-0"), inputs.feature_requests) as call:
             results.contenders.append(

@@ -101,15 +101,19 @@ class TracingRun:
             return []
         return list(zip(self.turn_cpu_per_1000, base.turn_cpu_per_1000, strict=True))
 
-    def cpu_change(self, base: TracingRun) -> float | None:
-        """How much more CPU per call than `base` (0.06 for 6 % more): the median of the rounds' when both
-        were measured turn by turn, as `ratio`; else of the whole runs'; None when either was not measured."""
-        rounds = [
+    def cpu_changes(self, base: TracingRun) -> list[float]:
+        """Each round's CPU per call over `base`'s turn in the same round, less one; empty unless both were
+        measured turn by turn."""
+        return [
             sum(mine.values()) / sum(theirs.values()) - 1
             for mine, theirs in self._turn_cpu_pairs(base)
             if sum(theirs.values())
         ]
-        if rounds:
+
+    def cpu_change(self, base: TracingRun) -> float | None:
+        """How much more CPU per call than `base` (0.06 for 6 % more): the median of the rounds' when both
+        were measured turn by turn, as `ratio`; else of the whole runs'; None when either was not measured."""
+        if rounds := self.cpu_changes(base):
             return statistics.median(rounds)
         if not self.cpu_per_1000 or not base.cpu_per_1000:
             return None
@@ -142,7 +146,9 @@ class BenchResults:
     hedging: dict[str, HedgingRun] = field(default_factory=dict)
     """By `healthy`, `slow-unhedged`, `slow-hedged`."""
     tracing: dict[str, TracingRun] = field(default_factory=dict)
-    """By `off`, `on`."""
+    """At saturation, by `off`, `unsampled`, `on`."""
+    tracing_steady: dict[str, TracingRun] = field(default_factory=dict)
+    """At a steady rate below saturation, by `unsampled`, `on`."""
 
     def contender(self, key: str) -> Contender | None:
         return next((c for c in self.contenders if c.key == key), None)

@@ -103,7 +103,26 @@ def tracing_table(results: BenchResults) -> str:
                 + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
                 + "."
             )
+    rows.extend(_steady_tracing_lines(results))
     return "\n".join(rows)
+
+
+def _steady_tracing_lines(results: BenchResults) -> list[str]:
+    on, base = results.tracing_steady.get("on"), results.tracing_steady.get("unsampled")
+    if on is None or base is None or not base.run.ok:
+        return []
+    rate = base.run.offered_rate
+    p50, p99 = (f"{_ms(base.run.percentile_ms(q))} -> {_ms(on.run.percentile_ms(q))} ms" for q in (50, 99))
+    line = (
+        f"\nBelow saturation, at a steady {rate:.0f} calls/s for both, in {len(on.turn_rates)} rounds of "
+        f"turns: sampling every call against sampling nothing, p50 {p50}, p99 {p99}"
+    )
+    if (cpu := on.cpu_change(base)) is not None:
+        line += f", CPU per call **{cpu:+.1%}**"
+        if rounds := on.cpu_changes(base):
+            line += f" (the median of the rounds', {min(rounds):+.1%} to {max(rounds):+.1%})"
+    errors = sum(t.run.errors + t.run.dropped for t in (on, base))
+    return [line + (f"; {errors} calls failed or dropped." if errors else ".")]
 
 
 def targets_table(results: BenchResults) -> str:

@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from scoregraph.gateway.v1 import gateway_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.bench.calls import score_call
-from services.bench.loadgen import Call, closed_loop, interleaved, merged
+from services.bench.loadgen import Call, RunResult, closed_loop, interleaved, merged, open_loop
 from services.bench.measure import console
 from services.bench.processes import (
     OTLP_GRPC_PORT,
@@ -127,6 +128,57 @@ SLICE_S = 2.5
 SETTLE_S = BSP_SCHEDULE_DELAY_MS / 1000 + 0.5
 
 
+class _Turns:
+    """Turns of the tracing modes and what each cost: the CPU, by part of the graph, of the processes that
+    served it (`serving[key]`) over the turn and the pause of `settle_s` after it (what a turn leaves to
+    export is its own). A turn of `unsampled` or `on` sets `traced`'s Triton tracing to match first."""
+
+    def __init__(self, traced: LocalStack, serving: dict[str, list[Any]], settle_s: float) -> None:
+        self._traced = traced
+        self._serving = serving
+        self._settle_s = settle_s
+        self.cpu: dict[str, list[Counter[str]]] = {key: [] for key in serving}
+
+    def _used(self, key: str) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for tree in self._serving[key]:
+            total.update(cpu_by_part(tree))
+        return total
+
+    def turn(self, key: str, drive: Callable[[], Awaitable[RunResult]]) -> Callable[[], Awaitable[RunResult]]:
+        async def run() -> RunResult:
+            if key != "off":
+                await set_triton_tracing(self._traced, key == "on")
+            before = self._used(key)
+            result = await drive()
+            await asyncio.sleep(self._settle_s)
+            after = self._used(key)
+            after.subtract(before)
+            self.cpu[key].append(after)
+            return result
+
+        return run
+
+    def forget(self) -> None:
+        """Drop what the turns so far cost (a warm-up's)."""
+        for turns in self.cpu.values():
+            turns.clear()
+
+    def result(self, key: str, name: str, runs: list[RunResult]) -> TracingRun:
+        run = merged(runs)
+        spent = self.cpu[key]
+        return TracingRun(
+            name,
+            run,
+            [turn.achieved_rate for turn in runs],
+            cpu_per_1000=sum(sum(turn.values()) for turn in spent) / max(run.ok, 1) * 1000,
+            turn_cpu_per_1000=[
+                {part: part_s / max(turn_run.ok, 1) * 1000 for part, part_s in sorted(turn_spent.items())}
+                for turn_spent, turn_run in zip(spent, runs, strict=True)
+            ],
+        )
+
+
 async def measure_tracing(
     out: Path,
     traced: LocalStack,
@@ -140,9 +192,8 @@ async def measure_tracing(
     stack started with tracing off, up beside `traced`), each driven closed loop with `concurrency` calls in
     flight for `seconds` in all, in interleaved turns of about SLICE_S after a warm-up, so all modes see the
     same machine. `traced` exports to `receiver`, whose CPU over the runs is charged to the traced calls.
-    Each mode's CPU per call is its stack's over its turns and the pause of `settle_s` after each (what a
-    turn leaves to export is its own), in all and turn by turn for each process. Triton's tracing is on
-    again afterwards."""
+    Each mode's CPU per call is its stack's over its turns and the pause of `settle_s` after each, in all
+    and turn by turn for each process. Triton's tracing is on again afterwards."""
     rounds = max(1, round(seconds / SLICE_S))
     with running_stack(
         out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"]), service_logs=True
@@ -156,52 +207,26 @@ async def measure_tracing(
                 "on": await calls.enter_async_context(score_call(traced.gateway, requests)),
             }
             calls.push_async_callback(set_triton_tracing, traced, True)
-            serving = {"off": [untraced.tree], "unsampled": [traced.tree], "on": [traced.tree, receiver.tree]}
-            cpu: dict[str, list[Counter[str]]] = {key: [] for key in call_of}
+            turns = _Turns(
+                traced,
+                {"off": [untraced.tree], "unsampled": [traced.tree], "on": [traced.tree, receiver.tree]},
+                settle_s,
+            )
 
-            def used(key: str) -> Counter[str]:
-                total: Counter[str] = Counter()
-                for tree in serving[key]:
-                    total.update(cpu_by_part(tree))
-                return total
-
-            def turn(key: str, call: Call, turn_s: float) -> Any:
-                async def run() -> Any:
-                    if key != "off":
-                        await set_triton_tracing(traced, key == "on")
-                    before = used(key)
-                    result = await closed_loop(call, seconds=turn_s, concurrency=concurrency)
-                    await asyncio.sleep(settle_s)
-                    after = used(key)
-                    after.subtract(before)
-                    cpu[key].append(after)
-                    return result
-
-                return run
+            def saturate(call: Call, turn_s: float) -> Callable[[], Awaitable[RunResult]]:
+                return lambda: closed_loop(call, seconds=turn_s, concurrency=concurrency)
 
             for key, call in call_of.items():  # warm-up, its CPU not counted
-                await turn(key, call, min(3.0, seconds / 2))()
-            for turns in cpu.values():
-                turns.clear()
+                await turns.turn(key, saturate(call, min(3.0, seconds / 2)))()
+            turns.forget()
             receiver_before = cpu_seconds(receiver.tree)
             runs = await interleaved(
-                {key: turn(key, call, seconds / rounds) for key, call in call_of.items()}, rounds
+                {key: turns.turn(key, saturate(call, seconds / rounds)) for key, call in call_of.items()},
+                rounds,
             )
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
     names = {"off": "off", "unsampled": UNSAMPLED, "on": TRACED}
-    results = {}
-    for key in ("off", "unsampled", "on"):
-        run = merged(runs[key])
-        results[key] = TracingRun(
-            names[key],
-            run,
-            [turn.achieved_rate for turn in runs[key]],
-            cpu_per_1000=sum(sum(spent.values()) for spent in cpu[key]) / max(run.ok, 1) * 1000,
-            turn_cpu_per_1000=[
-                {part: part_s / max(turn_run.ok, 1) * 1000 for part, part_s in sorted(spent.items())}
-                for spent, turn_run in zip(cpu[key], runs[key], strict=True)
-            ],
-        )
+    results = {key: turns.result(key, names[key], runs[key]) for key in ("off", "unsampled", "on")}
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
     for result in results.values():
         run = result.run
@@ -209,6 +234,52 @@ async def measure_tracing(
             f"tracing {result.name}: {run.achieved_rate:.0f} calls/s at saturation "
             f"({concurrency} in flight), "
             f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, {run.errors} errors, "
+            f"CPU {result.cpu_per_1000:.2f} s per 1000 calls"
+        )
+    return results
+
+
+#: Length of one turn of each mode at a steady rate.
+STEADY_TURN_S = 4.0
+
+
+async def measure_steady_tracing(
+    traced: LocalStack,
+    receiver: Spawned,
+    requests: list[gateway_pb2.ScoreRequest],
+    rate: float,
+    rounds: int,
+    settle_s: float = SETTLE_S,
+    turn_s: float = STEADY_TURN_S,
+) -> dict[str, TracingRun]:
+    """`on` and `unsampled` on `traced` at a steady `rate` (open loop, below saturation), in `rounds`
+    interleaved turns of `turn_s`: what sampling every call costs a stack that is not saturated, in CPU per
+    call and in latency. At saturation a stack's CPU per call follows the rate it reaches (fewer calls a
+    second, less work shared per wake-up), so sampling's cost there is its own and that of the lower rate;
+    at one rate for both modes it is sampling's alone. Triton's tracing is on again afterwards."""
+    async with contextlib.AsyncExitStack() as calls:
+        call_of = {
+            "unsampled": await calls.enter_async_context(
+                score_call(traced.gateway, requests, unsampled_trace_context)
+            ),
+            "on": await calls.enter_async_context(score_call(traced.gateway, requests)),
+        }
+        calls.push_async_callback(set_triton_tracing, traced, True)
+        turns = _Turns(traced, {"unsampled": [traced.tree], "on": [traced.tree, receiver.tree]}, settle_s)
+
+        def steady(call: Call) -> Callable[[], Awaitable[RunResult]]:
+            return lambda: open_loop(call, rate, turn_s)
+
+        runs = await interleaved(
+            {key: turns.turn(key, steady(call)) for key, call in call_of.items()}, rounds
+        )
+    names = {"unsampled": UNSAMPLED, "on": TRACED}
+    results = {key: turns.result(key, names[key], runs[key]) for key in ("unsampled", "on")}
+    for result in results.values():
+        run = result.run
+        console.log(
+            f"tracing {result.name} at {rate:.0f}/s: p50 {run.percentile_ms(50):.2f} ms, "
+            f"p99 {run.percentile_ms(99):.2f} ms, {run.errors + run.dropped} errors, "
             f"CPU {result.cpu_per_1000:.2f} s per 1000 calls"
         )
     return results

@@ -71,4 +71,21 @@ def results(**overrides: Contender) -> BenchResults:
                 ],
             ),
         },
+        tracing_steady={
+            "unsampled": TracingRun(
+                "unsampled",
+                make_run([12.0] * 98 + [30.0] * 2, 80),
+                [80.0, 80.0],
+                turn_cpu_per_1000=[{"gateway": 6.0, "features": 4.0}, {"gateway": 6.2, "features": 3.8}],
+            ),
+            "on": TracingRun(
+                "on",
+                make_run([12.4] * 98 + [31.0] * 2, 80),
+                [80.0, 80.0],
+                turn_cpu_per_1000=[
+                    {"gateway": 6.2, "features": 4.1, "receiver": 0.1},
+                    {"gateway": 6.6, "features": 4.0, "receiver": 0.2},
+                ],
+            ),
+        },
     )

@@ -11,6 +11,7 @@ from services.bench.hedging import measure_slow_replica
 from services.bench.processes import STACK_SLOTS, running_stack, stack_ports
 from services.bench.tracing import (
     RECEIVER_ENDPOINT,
+    measure_steady_tracing,
     measure_tracing,
     spans_received,
     start_receiver,
@@ -42,6 +43,10 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
             tracing = await measure_tracing(
                 tmp_path, stack, receiver, requests, seconds=5.0, concurrency=4, settle_s=1.0
             )
+            # Below saturation: 20/s open loop, two rounds of 2 s turns.
+            steady = await measure_steady_tracing(
+                stack, receiver, requests, rate=20, rounds=2, settle_s=1.0, turn_s=2.0
+            )
             triton_trace_level = [await trace_level(stack.address(name)) for name in ("triton-0", "triton-1")]
             hedging = await measure_slow_replica(
                 tmp_path, requests, rate=20, seconds=8.0, tracing=traced, healthy=stack
@@ -71,7 +76,21 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         "tritonserver",
     }
     assert tracing["on"].receiver_cpu_per_1000 is not None
-    # Its unsampled turns turned Triton's tracing off; it is back on.
+
+    assert set(steady) == {"unsampled", "on"}
+    for run in steady.values():
+        # Every call sent on schedule and answered: 20/s for two turns of 2 s.
+        assert run.run.sent == 80 and run.run.ok == 80 and run.run.dropped == 0
+        assert not run.run.closed
+        assert len(run.turn_cpu_per_1000) == 2
+        for turn in run.turn_cpu_per_1000:
+            assert {"gateway", "features", "postprocess", "tritonserver"} <= {
+                p for p, s in turn.items() if s > 0
+            }
+    assert all("receiver" in turn for turn in steady["on"].turn_cpu_per_1000)
+    assert not any("receiver" in turn for turn in steady["unsampled"].turn_cpu_per_1000)
+    assert len(steady["on"].cpu_changes(steady["unsampled"])) == 2
+    # The unsampled turns turned Triton's tracing off; it is back on.
     assert triton_trace_level == [["TIMESTAMPS"], ["TIMESTAMPS"]]
     # The traced stack exported every service's spans, Triton's included.
     services = {"gateway", "features", "postprocess", "triton"}
