@@ -228,15 +228,7 @@ async def measure_tracing(
     names = {"off": "off", "unsampled": UNSAMPLED, "on": TRACED}
     results = {key: turns.result(key, names[key], runs[key]) for key in ("off", "unsampled", "on")}
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
-    for result in results.values():
-        run = result.run
-        console.log(
-            f"tracing {result.name}: {run.achieved_rate:.0f} calls/s at saturation "
-            f"({concurrency} in flight), "
-            f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, {run.errors} errors, "
-            f"CPU {result.cpu_per_1000:.2f} s per 1000 calls"
-        )
-    return results
+    return _logged(results, f"at saturation ({concurrency} in flight)")
 
 
 #: Length of one turn of each mode at a steady rate.
@@ -275,12 +267,16 @@ async def measure_steady_tracing(
         )
     names = {"unsampled": UNSAMPLED, "on": TRACED}
     results = {key: turns.result(key, names[key], runs[key]) for key in ("unsampled", "on")}
+    return _logged(results, f"at a steady {rate:.0f}/s")
+
+
+def _logged(results: dict[str, TracingRun], how: str) -> dict[str, TracingRun]:
     for result in results.values():
         run = result.run
         console.log(
-            f"tracing {result.name} at {rate:.0f}/s: p50 {run.percentile_ms(50):.2f} ms, "
-            f"p99 {run.percentile_ms(99):.2f} ms, {run.errors + run.dropped} errors, "
-            f"CPU {result.cpu_per_1000:.2f} s per 1000 calls"
+            f"tracing {result.name} {how}: {run.achieved_rate:.0f} calls/s, "
+            f"p50 {run.percentile_ms(50):.2f} ms, p99 {run.percentile_ms(99):.2f} ms, "
+            f"{run.errors + run.dropped} errors, CPU {result.cpu_per_1000:.2f} s per 1000 calls"
         )
     return results
 
