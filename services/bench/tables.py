@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.bench.results import SLO_P99_MS, BenchResults, Contender
+from services.bench.results import SLO_P99_MS, BenchResults, Contender, TracingRun
 from services.bench.targets import evaluate
 
 
@@ -97,12 +97,8 @@ def tracing_table(results: BenchResults) -> str:
         if (cpu := on.cpu_change(base)) is not None:
             rows[-1] += f"; CPU per call {cpu:+.1%}"
         rows[-1] += "."
-        if key == "unsampled" and (change := on.cpu_by_part_change(base)):
-            rows.append(
-                "Sampling's CPU per call, by process (ms more than sampling nothing): "
-                + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
-                + "."
-            )
+        if key == "unsampled" and (by_process := _by_process(on, base)):
+            rows.append(by_process)
     rows.extend(_steady_tracing_lines(results))
     return "\n".join(rows)
 
@@ -122,7 +118,22 @@ def _steady_tracing_lines(results: BenchResults) -> list[str]:
         if rounds := on.cpu_changes(base):
             line += f" (the median of the rounds', {min(rounds):+.1%} to {max(rounds):+.1%})"
     errors = sum(t.run.errors + t.run.dropped for t in (on, base))
-    return [line + (f"; {errors} calls failed or dropped." if errors else ".")]
+    lines = [line + (f"; {errors} calls failed or dropped." if errors else ".")]
+    if by_process := _by_process(on, base):
+        lines.append(by_process)
+    return lines
+
+
+def _by_process(on: TracingRun, base: TracingRun) -> str | None:
+    """Sampling's extra CPU per call in each part of the graph, each the median of the rounds'."""
+    change = on.cpu_by_part_change(base)
+    if not change:
+        return None
+    return (
+        "Sampling's CPU per call, by process (ms more than sampling nothing): "
+        + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
+        + "."
+    )
 
 
 def targets_table(results: BenchResults) -> str:

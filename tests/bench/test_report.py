@@ -49,7 +49,8 @@ def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plo
     assert (
         "Below saturation, at a steady 80 calls/s for both, in 2 rounds of turns: sampling every call "
         "against sampling nothing, p50 12.01 -> 12.41 ms, p99 30.02 -> 31.01 ms, CPU per call **+6.0%** "
-        "(the median of the rounds', +4.0% to +8.0%)." in report
+        "(the median of the rounds', +4.0% to +8.0%).\nSampling's CPU per call, by process (ms more than "
+        "sampling nothing): features +0.15, gateway +0.30, receiver +0.15." in report
     )
     for plot in ("latency_vs_load.png", "hedging_cdf.png"):
         assert f"]({plot})" in report
@@ -124,7 +125,7 @@ def test_the_tracing_section_leaves_out_what_was_not_measured_below_saturation(t
     write_report(tmp_path, bench, MACHINE)
     report = (tmp_path / "report.md").read_text()
     # Without every turn's CPU on both sides, no CPU figure; the failed calls are told.
-    assert "p99 30.02 -> 31.01 ms; 2 calls failed or dropped." in report
+    assert "p99 30.02 -> 31.01 ms; 2 calls failed or dropped.\n\n" in report
 
     bench.tracing_steady.clear()
     write_report(tmp_path, bench, MACHINE)
