@@ -16,6 +16,11 @@ Triton servers' trace level is set to OFF (Triton's trace-setting API) for those
 with and without sampling give tracing's cost free of the difference between stacks; an SDK that samples
 nothing costs about 8 us per span more than one disabled (tens of microseconds per call, under 0.5 %).
 
+Then the traced stack is driven open loop at half its unsampled saturation rate, sampling every call and
+none in turns (`measure_steady_tracing`). At saturation a stack's CPU per call rises as its rate falls, so
+the rate sampling costs there makes every call dearer in every process; at one rate for both modes the
+difference in CPU per call is sampling's own.
+
     python -m services.bench.tracing      # the receiver: counts spans by service until SIGTERM
 """
 
