@@ -9,6 +9,7 @@ import tritonclient.grpc.aio as triton
 
 from services.bench.hedging import measure_slow_replica
 from services.bench.processes import STACK_SLOTS, running_stack, stack_ports
+from services.bench.results import TracingRun
 from services.bench.tracing import (
     RECEIVER_ENDPOINT,
     measure_steady_tracing,
@@ -29,6 +30,19 @@ async def trace_level(address: str) -> list[str]:
     finally:
         await client.close()
     return settings["settings"]["trace_level"]["value"]
+
+
+def assert_each_turn_served(modes: dict[str, TracingRun]) -> None:
+    """Two turns of each mode, each with CPU by process: every service of the graph served it; the
+    receiver's CPU is the sampled turns' alone (within this test's short pauses a turn may leave all its
+    exports to the next one's, so it is not asserted above zero)."""
+    for key, run in modes.items():
+        assert len(run.turn_cpu_per_1000) == 2, key
+        for turn in run.turn_cpu_per_1000:
+            assert {"gateway", "features", "postprocess", "tritonserver"} <= {
+                p for p, s in turn.items() if s > 0
+            }, key
+            assert ("receiver" in turn) == (key == "on"), key
 
 
 async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp_path, live):
@@ -60,16 +74,7 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         assert run.run.ok > 0 and run.run.errors == 0
         assert run.run.closed
         assert run.cpu_per_1000 is not None and run.cpu_per_1000 > 0
-        # Each turn's CPU by process: every service of the graph served it.
-        assert len(run.turn_cpu_per_1000) == 2
-        for turn in run.turn_cpu_per_1000:
-            assert {"gateway", "features", "postprocess", "tritonserver"} <= {
-                p for p, s in turn.items() if s > 0
-            }
-    # The receiver's CPU is the sampled turns' alone (within this test's short pauses a turn may leave all its
-    # exports to the next one's, so it is not asserted above zero).
-    assert all("receiver" in turn for turn in tracing["on"].turn_cpu_per_1000)
-    assert not any("receiver" in turn for turn in tracing["unsampled"].turn_cpu_per_1000)
+    assert_each_turn_served(tracing)
     assert set(tracing["on"].cpu_by_part_change(tracing["unsampled"])) >= {
         "gateway",
         "receiver",
@@ -82,13 +87,7 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         # Every call sent on schedule and answered: 20/s for two turns of 2 s.
         assert run.run.sent == 80 and run.run.ok == 80 and run.run.dropped == 0
         assert not run.run.closed
-        assert len(run.turn_cpu_per_1000) == 2
-        for turn in run.turn_cpu_per_1000:
-            assert {"gateway", "features", "postprocess", "tritonserver"} <= {
-                p for p, s in turn.items() if s > 0
-            }
-    assert all("receiver" in turn for turn in steady["on"].turn_cpu_per_1000)
-    assert not any("receiver" in turn for turn in steady["unsampled"].turn_cpu_per_1000)
+    assert_each_turn_served(steady)
     assert len(steady["on"].cpu_changes(steady["unsampled"])) == 2
     # The unsampled turns turned Triton's tracing off; it is back on.
     assert triton_trace_level == [["TIMESTAMPS"], ["TIMESTAMPS"]]
