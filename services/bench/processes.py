@@ -2,7 +2,8 @@
 
 Every one runs in a session of its own and is stopped as a group, then whatever it left behind (honcho puts
 each of the stack's services in a session of its own) is killed, so an error in the middle of a run leaves
-nothing listening. All of them listen in 60000-62999, away from `make up`'s ports and the test suite's.
+nothing listening. All of them listen in 30000-32767, away from `make up`'s ports and the test suite's, and
+below Linux's ephemeral ports (32768-60999), which any outgoing connection may take as its source port.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from services.stack.topology import REPO, StackSettings, process_env, processes
 
 #: First port of each benchmark stack: a stack takes the 470 ports from there (see stack_ports), a second
 #: gateway on it first + 52 and first + 469 (see hedging.measure_slow_replica).
-STACK_SLOTS = {"graph": 60000, "slow": 60500, "untraced": 61000}
-MONOLITH_PORT = 62091
-BARE_GRPC_PORT = 62095
-FEAST_SERVER_PORT = 62566
-OTLP_GRPC_PORT = 62517
-OTLP_HTTP_PORT = 62518
+STACK_SLOTS = {"graph": 30000, "slow": 30500, "untraced": 31000}
+MONOLITH_PORT = 32091
+BARE_GRPC_PORT = 32095
+FEAST_SERVER_PORT = 32566
+OTLP_GRPC_PORT = 32517
+OTLP_HTTP_PORT = 32518
 
 
 def stack_ports(first: int) -> dict[str, int]:

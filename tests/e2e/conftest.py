@@ -11,18 +11,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from scoregraph.gateway.v1 import gateway_pb2_grpc
 
-from services.bench.processes import LocalStack
+from services.bench.processes import LocalStack, stack_ports
 from services.bench.processes import start_stack as bench_start_stack
 from services.stack.traffic import load_live
+from tests.ports import STACK_BASES
 
 # Away from the defaults, so a developer's `make up` and the tests don't fight over ports.
-TEST_PORTS = {
-    "GATEWAY_PORT": 52051,
-    "FEATURES_PORT": 52061,
-    "POSTPROCESS_PORT": 52071,
-    "TRITON_PORT": 52001,
-    "METRICS_PORT": 52464,
-}
+TEST_PORTS = stack_ports(STACK_BASES["session"])
 
 
 def start_stack(log: Path, env: dict[str, str] | None = None, **overrides: int) -> LocalStack:

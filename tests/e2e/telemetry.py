@@ -11,23 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.bench.processes import LocalStack
+from services.bench.processes import LocalStack, stack_ports
 from services.stack.collector import TraceCollector
 from services.stack.topology import processes
 from tests.e2e.conftest import start_stack
-
-
-def ports(base: int) -> dict[str, int]:
-    """A traced stack's ports from `base` up; each module gets its own, so one stack's slow exit can't
-    leave the next talking to a process of the last."""
-    return {
-        "GATEWAY_PORT": base + 51,
-        "FEATURES_PORT": base + 61,
-        "POSTPROCESS_PORT": base + 71,
-        "TRITON_PORT": base + 1,
-        "METRICS_PORT": base + 464,
-    }
-
 
 SCORE_SPAN = "scoregraph.gateway.v1.GatewayService/Score"
 TRITON_SERVICE = "scoregraph-triton"
@@ -110,7 +97,8 @@ def traced_stack_for(tmp_path_factory: pytest.TempPathFactory, base_port: int) -
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     try:
-        stack = start_stack(tmp_path_factory.mktemp("traced") / "stack.log", env=env, **ports(base_port))
+        log = tmp_path_factory.mktemp("traced") / "stack.log"
+        stack = start_stack(log, env=env, **stack_ports(base_port))
         try:
             yield TracedStack(stack, collector)
         finally:

@@ -12,6 +12,7 @@ from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.stack.traffic import score_request
 from tests.e2e.telemetry import TracedStack, traced_stack_for
+from tests.ports import STACK_BASES
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +23,7 @@ SECRETS = (TEST_PAN, TEST_PAN[-12:], CLIENT_IP)
 
 @pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory) -> Iterator[TracedStack]:
-    yield from traced_stack_for(tmp_path_factory, 59000)
+    yield from traced_stack_for(tmp_path_factory, STACK_BASES["no pii"])
 
 
 def requests(live) -> Iterator[gateway_pb2.ScoreRequest]:

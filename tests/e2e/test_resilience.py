@@ -33,6 +33,7 @@ from services.stack.bench_hedging import (
 from services.stack.topology import processes
 from services.stack.traffic import score_request
 from tests.e2e.conftest import samples, start_stack
+from tests.ports import STACK_BASES
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +115,7 @@ def slow_replica_stack(tmp_path_factory) -> Iterator[LocalStack]:
         "SCOREGRAPH_STACK_FAULT_DELAY_SHARE": "0.05",
         "SCOREGRAPH_STACK_RESPAWN_KILLED_REPLICAS": "true",
     }
-    yield from running(tmp_path_factory.mktemp("slow") / "stack.log", env, 54000)
+    yield from running(tmp_path_factory.mktemp("slow") / "stack.log", env, STACK_BASES["slow replica"])
 
 
 def test_a_slow_replica_is_hedged_around_within_the_budget(slow_replica_stack, requests):
@@ -208,7 +209,7 @@ def served(stack: LocalStack, replica: str) -> float:
 
 @pytest.fixture
 def stack_to_stop(tmp_path) -> Iterator[LocalStack]:
-    yield from running(tmp_path / "stack.log", {}, 57000)
+    yield from running(tmp_path / "stack.log", {}, STACK_BASES["killed replica"])
 
 
 class HealthWatch:
@@ -319,7 +320,7 @@ def hung_stack(tmp_path_factory) -> Iterator[LocalStack]:
         # 40 late in one full run of the suite).
         "SCOREGRAPH_GATEWAY_HOP_RESERVE_MS": "100",
     }
-    yield from running(tmp_path_factory.mktemp("hung") / "stack.log", env, 55000)
+    yield from running(tmp_path_factory.mktemp("hung") / "stack.log", env, STACK_BASES["hung replicas"])
 
 
 def test_hung_replicas_and_a_hung_hop_still_get_every_call_a_definite_answer_in_time(hung_stack, requests):

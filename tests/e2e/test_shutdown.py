@@ -3,7 +3,9 @@
 import psutil
 import pytest
 
+from services.bench.processes import stack_ports
 from tests.e2e.conftest import start_stack
+from tests.ports import STACK_BASES
 
 pytestmark = pytest.mark.e2e
 
@@ -12,15 +14,7 @@ pytestmark = pytest.mark.e2e
 def test_sigterm_to_the_stack_leaves_no_process_behind_even_one_that_ignores_it(tmp_path, log_dir):
     # Ports of its own: the session's stack may be running beside it.
     env = {"SCOREGRAPH_STACK_LOG_DIR": str(tmp_path / "logs")} if log_dir else {}
-    stack = start_stack(
-        tmp_path / "stack.log",
-        env,
-        GATEWAY_PORT=53051,
-        FEATURES_PORT=53061,
-        POSTPROCESS_PORT=53071,
-        TRITON_PORT=53001,
-        METRICS_PORT=53464,
-    )
+    stack = start_stack(tmp_path / "stack.log", env, **stack_ports(STACK_BASES["shutdown"]))
     started = psutil.Process(stack.process.pid).children(recursive=True)
     names = {p.name() for p in started}
     assert len(started) >= 5 and any("tritonserver" in n for n in names), names

@@ -21,6 +21,7 @@ from tests.e2e.telemetry import (
     TracedStack,
     traced_stack_for,
 )
+from tests.ports import STACK_BASES
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,7 @@ CALLER_SPAN = "c532cb4098ac3dd2"
 
 @pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory) -> Iterator[TracedStack]:
-    yield from traced_stack_for(tmp_path_factory, 56000)
+    yield from traced_stack_for(tmp_path_factory, STACK_BASES["traced"])
 
 
 @pytest.fixture(scope="module")

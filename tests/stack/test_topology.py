@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from services.bench.processes import stack_ports
 from services.stack.topology import (
     REPO,
     StackSettings,
@@ -14,6 +15,7 @@ from services.stack.topology import (
     process_env,
     processes,
 )
+from tests.ports import STACK_BASES
 
 
 def test_the_gateway_is_wired_to_every_replica_and_no_two_processes_share_a_port():
@@ -91,9 +93,7 @@ def test_without_respawning_a_replica_runs_as_itself():
 
 
 def test_a_port_in_use_is_found_and_the_stack_refuses_to_start_on_it(tmp_path):
-    settings = StackSettings(
-        gateway_port=53951, features_port=53961, postprocess_port=53971, triton_port=53901, metrics_port=53964
-    )
+    settings = StackSettings(**{k.lower(): v for k, v in stack_ports(STACK_BASES["port in use"]).items()})
     assert busy_ports(settings) == []
     with socket.socket() as taken:
         # As a server binds (and as busy_ports probes): a connection of an earlier test that used this port
