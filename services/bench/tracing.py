@@ -17,9 +17,9 @@ with and without sampling give tracing's cost free of the difference between sta
 nothing costs about 8 us per span more than one disabled (tens of microseconds per call, under 0.5 %).
 
 Then the traced stack is driven open loop at half its unsampled saturation rate, sampling every call and
-none in turns (`measure_steady_tracing`). At saturation a stack's CPU per call rises as its rate falls, so
-the rate sampling costs there makes every call dearer in every process; at one rate for both modes the
-difference in CPU per call is sampling's own.
+none in turns (`measure_steady_tracing`). At saturation the cores are busy in both modes, so the CPU per
+call there moves with the rate however it falls; at one rate for both modes the difference in CPU per call
+is sampling's own.
 
     python -m services.bench.tracing      # the receiver: counts spans by service until SIGTERM
 """
@@ -251,9 +251,9 @@ async def measure_steady_tracing(
 ) -> dict[str, TracingRun]:
     """`on` and `unsampled` on `traced` at a steady `rate` (open loop, below saturation), in `rounds`
     interleaved turns of `turn_s`: what sampling every call costs a stack that is not saturated, in CPU per
-    call and in latency. At saturation a stack's CPU per call follows the rate it reaches (fewer calls a
-    second, less work shared per wake-up), so sampling's cost there is its own and that of the lower rate;
-    at one rate for both modes it is sampling's alone. Triton's tracing is on again afterwards."""
+    call and in latency. At saturation the cores are busy in both modes, so the CPU per call there is their
+    time over the calls served and moves with the rate however it falls, the machine's moods included; at
+    one rate for both modes it is sampling's alone. Triton's tracing is on again afterwards."""
     async with contextlib.AsyncExitStack() as calls:
         call_of = {
             "unsampled": await calls.enter_async_context(
