@@ -23,8 +23,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from services.predict.tritonserver import remove_stale_shm
 from services.stack.collector import CollectorSettings, TraceCollector, TraceFileWriter, trace_file
-from services.stack.topology import StackProcess, StackSettings, busy_ports, process_env, processes
+from services.stack.topology import (
+    StackProcess,
+    StackSettings,
+    busy_ports,
+    process_env,
+    processes,
+    triton_grpc_ports,
+)
 
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -136,6 +144,10 @@ def run(settings: StackSettings) -> int:
         manager.loop()
     finally:
         stop.set()
+        # A tritonserver killed rather than stopped (one hung in its shutdown gets SIGKILL after 5 s) skips
+        # its clean-up and leaves its Python-backend shared memory in /dev/shm; every server is gone now.
+        for port in triton_grpc_ports(settings):
+            remove_stale_shm(port)
         if writer is not None:
             writer.stop()
         if collector is not None:

@@ -124,8 +124,7 @@ def processes(settings: StackSettings) -> list[StackProcess]:
     replica_argv = _respawning if settings.respawn_killed_replicas else list
     out: list[StackProcess] = []
     triton = []
-    for i in range(settings.triton_replicas):
-        port = settings.triton_port + 10 * i
+    for i, port in enumerate(triton_grpc_ports(settings)):
         triton.append(f"{host}:{port}")
         out.append(
             StackProcess(
@@ -170,11 +169,15 @@ def processes(settings: StackSettings) -> list[StackProcess]:
     return out
 
 
+def triton_grpc_ports(settings: StackSettings) -> list[int]:
+    """The gRPC port of each Triton replica (its HTTP port is one below, its metrics port one above)."""
+    return [settings.triton_port + 10 * i for i in range(settings.triton_replicas)]
+
+
 def listening_ports(settings: StackSettings) -> list[int]:
     """Every TCP port the stack's processes listen on: gRPC, Triton's HTTP and metrics, Prometheus."""
     ports = []
-    for i in range(settings.triton_replicas):
-        grpc_port = settings.triton_port + 10 * i
+    for grpc_port in triton_grpc_ports(settings):
         ports += [grpc_port - 1, grpc_port, grpc_port + 1]
     ports += [settings.features_port + i for i in range(settings.features_replicas)]
     ports += [settings.postprocess_port + i for i in range(settings.postprocess_replicas)]
