@@ -38,9 +38,11 @@ from opentelemetry.attributes import _clean_attribute_value, _is_non_custom_str
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import EventBase, SpanLimits, Tracer, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, Sampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 _UNSET = Status(StatusCode.UNSET)
 _AS_THEY_ARE = frozenset({bool, int, float})
@@ -190,8 +192,36 @@ class LeanSpan(SdkSpan):
         self._span_processor.on_end(self)
 
 
+def _follows_parent(sampler: Sampler) -> bool:
+    """Whether `sampler` decides a span with a valid parent by the parent's sampled flag alone: the SDK's
+    ParentBased with its default delegates (`parentbased_always_on` and the other `parentbased_*`
+    samplers, whatever their root), which record and sample a sampled parent's child with the attributes
+    asked for and drop an unsampled one's, keeping the parent's trace state either way."""
+    return (
+        type(sampler) is ParentBased
+        and sampler._remote_parent_sampled is ALWAYS_ON
+        and sampler._remote_parent_not_sampled is ALWAYS_OFF
+        and sampler._local_parent_sampled is ALWAYS_ON
+        and sampler._local_parent_not_sampled is ALWAYS_OFF
+    )
+
+
 class LeanTracer(Tracer):
-    """The SDK's tracer, starting `LeanSpan`s."""
+    """The SDK's tracer, starting `LeanSpan`s.
+
+    A span whose parent is valid, under a sampler that follows the parent (`_follows_parent`), takes the
+    decision that sampler would take without asking it: the same flags, trace state and attributes, for a
+    third of what a span cost in the sampler's calls. `start_as_current_span` is a plain context manager
+    doing what the SDK's two generator-based ones do (3 us of the 11 a sampled span cost here)."""
+
+    def _parent_decides(self) -> bool:
+        """`_follows_parent(self.sampler)`, worked out once per sampler (the tracer was made by the SDK and
+        turned into a LeanTracer, so this is kept in its instance dict, not set in an __init__)."""
+        sampler = self.sampler
+        known = self.__dict__.get("_parent_decides_for")
+        if known is None or known[0] is not sampler:
+            known = self._parent_decides_for = (sampler, _follows_parent(sampler))
+        return known[1]
 
     def start_span(  # noqa: PLR0913 - the API's signature
         self,
@@ -204,7 +234,7 @@ class LeanTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace_api.Span:
-        # The SDK's Tracer.start_span, step for step, but for the span it makes.
+        # The SDK's Tracer.start_span, step for step, but for the span it makes and the sampler it may skip.
         links = links or ()
         parent_span_context = trace_api.get_current_span(context).get_span_context()
         if parent_span_context is not None and not isinstance(parent_span_context, trace_api.SpanContext):
@@ -216,8 +246,18 @@ class LeanTracer(Tracer):
             trace_id = self.id_generator.generate_trace_id()
         else:
             trace_id = parent_span_context.trace_id
-        sampling_result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        sampled = sampling_result.decision.is_sampled()
+        if parent_span_context is not None and self._parent_decides():
+            # What ParentBased's ALWAYS_ON / ALWAYS_OFF delegates answer, without the calls.
+            sampled = parent_span_context.trace_flags.sampled
+            decision = Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP
+            span_attributes = attributes if sampled else None
+            trace_state = parent_span_context.trace_state
+        else:
+            sampling_result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision = sampling_result.decision
+            sampled = decision.is_sampled()
+            span_attributes = sampling_result.attributes
+            trace_state = sampling_result.trace_state
         flags = trace_api.TraceFlags.SAMPLED if sampled else trace_api.TraceFlags.DEFAULT
         if parent_span_context is None:
             random_trace_id = self.id_generator.is_trace_id_random()
@@ -230,17 +270,17 @@ class LeanTracer(Tracer):
             self.id_generator.generate_span_id(),
             is_remote=False,
             trace_flags=trace_api.TraceFlags(flags),
-            trace_state=sampling_result.trace_state,
+            trace_state=trace_state,
         )
-        record_end_metrics = self._tracer_metrics.start_span(parent_span_context, sampling_result.decision)
-        if not sampling_result.decision.is_recording():
+        record_end_metrics = self._tracer_metrics.start_span(parent_span_context, decision)
+        if not decision.is_recording():
             return trace_api.NonRecordingSpan(context=span_context)
         span = LeanSpan(
             name,
             span_context,
             parent_span_context,
             self.resource,
-            sampling_result.attributes,
+            span_attributes,
             kind,
             self.span_processor,
             self._instrumentation_scope,
@@ -252,6 +292,71 @@ class LeanTracer(Tracer):
         )
         span.start(start_time=start_time, parent_context=context)
         return span
+
+    def start_as_current_span(  # noqa: PLR0913 - the API's signature
+        self,
+        name: str,
+        context: context_api.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, Any] | None = None,
+        links: Sequence[trace_api.Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> _CurrentSpan:
+        return _CurrentSpan(
+            self,
+            {
+                "name": name,
+                "context": context,
+                "kind": kind,
+                "attributes": attributes,
+                "links": links,
+                "start_time": start_time,
+                "record_exception": record_exception,
+                "set_status_on_exception": set_status_on_exception,
+            },
+            end_on_exit,
+        )
+
+
+class _CurrentSpan:
+    """`LeanTracer.start_as_current_span`: what the SDK's `start_as_current_span` and the API's `use_span`
+    do together, without their generators. Entered, it starts the span and makes it current; left, it
+    restores the context, records an `Exception` that escaped (as an event and an ERROR status, as the
+    span was told to) and ends the span unless told not to. As a decorator it is the SDK's own."""
+
+    __slots__ = ("_end_on_exit", "_options", "_span", "_token", "_tracer")
+
+    def __init__(self, tracer: LeanTracer, options: dict[str, Any], end_on_exit: bool) -> None:
+        self._tracer = tracer
+        self._options = options
+        self._end_on_exit = end_on_exit
+
+    def __enter__(self) -> trace_api.Span:
+        span = self._span = self._tracer.start_span(**self._options)
+        self._token = context_api.attach(context_api.set_value(_SPAN_KEY, span))
+        return span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _traceback: Any) -> None:
+        span = self._span
+        try:
+            context_api.detach(self._token)
+            # Only an Exception is an error: GeneratorExit, CancelledError and the like are not (as in the API).
+            if isinstance(error, Exception) and isinstance(span, trace_api.Span) and span.is_recording():
+                if self._options["record_exception"]:
+                    span.record_exception(error)
+                if self._options["set_status_on_exception"]:
+                    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        finally:
+            if self._end_on_exit:
+                span.end()
+
+    def __call__(self, function: Any) -> Any:
+        return Tracer.start_as_current_span(self._tracer, **self._options, end_on_exit=self._end_on_exit)(
+            function
+        )
 
 
 class LeanTracerProvider(TracerProvider):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -190,18 +191,124 @@ def test_a_lean_span_exports_exactly_what_the_sdks_span_exports(limits):
     assert SpanEncoder().encode(lean) == expected
 
 
-def test_a_lean_span_samples_as_the_sdk_does():
-    def flags(make: Callable[..., TracerProvider], sampler) -> list[tuple[bool, int]]:
-        tracer = make(sampler=sampler, id_generator=CountingIds()).get_tracer("t")
-        spans = [
-            tracer.start_span("root"),
-            tracer.start_span("child", context=trace.set_span_in_context(NonRecordingSpan(REMOTE_PARENT))),
-            tracer.start_span("child", context=trace.set_span_in_context(NonRecordingSpan(UNSAMPLED_PARENT))),
-        ]
-        return [(s.is_recording(), int(s.get_span_context().trace_flags)) for s in spans]
+LOCAL_UNSAMPLED_PARENT = SpanContext(
+    0x3, 0x4, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT), trace_state=TraceState([("k", "v")])
+)
 
-    for sampler in (ParentBased(ALWAYS_OFF), TraceIdRatioBased(0.5), ALWAYS_OFF):
-        assert flags(LeanTracerProvider, sampler) == flags(TracerProvider, sampler), sampler
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        # Following the parent: LeanTracer decides a child of a valid parent without asking them.
+        ParentBased(ALWAYS_ON),
+        ParentBased(ALWAYS_OFF),
+        ParentBased(TraceIdRatioBased(0.5)),
+        # Not following it, or not only: asked every time.
+        ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_sampled=ALWAYS_OFF),
+        TraceIdRatioBased(0.5),
+        ALWAYS_OFF,
+        ALWAYS_ON,
+    ],
+    ids=repr,
+)
+def test_a_lean_span_samples_as_the_sdk_does(sampler):
+    def decided(make: Callable[..., TracerProvider]) -> list[tuple]:
+        tracer = make(sampler=sampler, id_generator=CountingIds()).get_tracer("t")
+        attributes = {"rpc.system": "grpc", "server.port": 50051}
+        root = tracer.start_span("root", attributes=attributes)
+        parents = [REMOTE_PARENT, UNSAMPLED_PARENT, LOCAL_UNSAMPLED_PARENT]
+        spans = [root] + [
+            tracer.start_span("child", trace.set_span_in_context(NonRecordingSpan(parent)), attributes=attributes)
+            for parent in parents
+        ]
+        spans.append(tracer.start_span("child of root", trace.set_span_in_context(root), attributes=attributes))
+        return [
+            (
+                span.is_recording(),
+                span.get_span_context(),
+                dict(getattr(span, "attributes", None) or {}),
+                getattr(span, "parent", None),
+            )
+            for span in spans
+        ]
+
+    assert decided(LeanTracerProvider) == decided(TracerProvider)
+
+
+def test_a_lean_current_span_does_what_the_sdks_does():
+    """start_as_current_span: current inside, the context restored after, an escaping Exception recorded
+    and made the status (unless told not to), anything else not, the span ended; as a decorator, of sync
+    and async functions, a span per call."""
+
+    def run(make: Callable[..., TracerProvider]) -> tuple[list, list]:
+        provider = make(id_generator=CountingIds())
+        memory = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        tracer = provider.get_tracer("t")
+        seen: list = []
+        outside = trace.get_current_span()
+        with tracer.start_as_current_span("fine", attributes={"a": 1}) as fine:
+            seen.append(trace.get_current_span() is fine)
+            with tracer.start_as_current_span("inner") as inner:
+                seen.append(inner.parent == fine.get_span_context())
+            seen.append(trace.get_current_span() is fine)
+        seen.append(trace.get_current_span() is outside)
+        with pytest.raises(ValueError), tracer.start_as_current_span("raising"):
+            raise ValueError("inside")
+        seen.append(trace.get_current_span() is outside)
+        with pytest.raises(ValueError), tracer.start_as_current_span(
+            "quiet", record_exception=False, set_status_on_exception=False
+        ):
+            raise ValueError("not recorded")
+        with pytest.raises(asyncio.CancelledError), tracer.start_as_current_span("cancelled"):
+            raise asyncio.CancelledError
+        with tracer.start_as_current_span("left open", end_on_exit=False) as left_open:
+            pass
+        seen.append(left_open.is_recording())
+        left_open.end()
+
+        @tracer.start_as_current_span("decorated")
+        def decorated() -> str:
+            return trace.get_current_span().name
+
+        @tracer.start_as_current_span("decorated async")
+        async def decorated_async() -> str:
+            await asyncio.sleep(0)
+            return trace.get_current_span().name
+
+        seen += [decorated(), decorated(), asyncio.run(decorated_async())]
+        seen.append(trace.get_current_span() is outside)
+        finished = [
+            (
+                span.name,
+                span.context,
+                span.parent,
+                dict(span.attributes or {}),
+                # The stack trace differs by the frames the SDK's generators add.
+                [
+                    (event.name, {k: v for k, v in event.attributes.items() if k != "exception.stacktrace"})
+                    for event in span.events
+                ],
+                (span.status.status_code, span.status.description),
+            )
+            for span in memory.get_finished_spans()
+        ]
+        return seen, finished
+
+    lean_seen, lean_finished = run(LeanTracerProvider)
+    assert (lean_seen, lean_finished) == run(TracerProvider)
+    assert lean_seen == [True, True, True, True, True, True, "decorated", "decorated", "decorated async", True]
+    names = [name for name, *_ in lean_finished]
+    assert names == [
+        "inner", "fine", "raising", "quiet", "cancelled", "left open", "decorated", "decorated", "decorated async"
+    ]
+    raising = lean_finished[2]
+    assert raising[4] == [
+        ("exception", {"exception.type": "ValueError", "exception.message": "inside", "exception.escaped": "False"})
+    ]
+    assert raising[5] == (StatusCode.ERROR, "ValueError: inside")
+    assert lean_finished[3][4:] == ([], (StatusCode.UNSET, None))  # told not to
+    assert lean_finished[4][4:] == ([], (StatusCode.UNSET, None))  # not an error
 
 
 def test_the_services_provider_makes_lean_spans_unless_disabled(monkeypatch):
