@@ -7,6 +7,8 @@ each attribute's encoding is kept once made (a service's attributes take few dis
 names, hops, verdicts, ports), and a span's own fields are a few byte strings joined. A span with events or
 links, and an attribute value outside the cache (sequences, or any once the cache is full), is encoded by
 the SDK's own functions, so the output is what the SDK would send, byte for byte (tests compare the two).
+A `LeanSpan` that never had an event or a link is read from its own fields, without the copies the SDK
+span's properties make (a gateway call's four spans: 5.7 us a span on a quiet machine, 5.0 so).
 
 `OTLPHttpSpanExporter` and `OTLPGrpcSpanExporter` are the stock exporters, configured by the same
 `OTEL_EXPORTER_OTLP_*` variables (endpoint, headers, timeout, compression, retries), with only the encoding
@@ -39,6 +41,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from services.runtime.spans import LeanSpan
 
 #: Most distinct encoded attributes (key and value) kept; past it, new ones are encoded each time.
 ATTRIBUTE_CACHE_SIZE = 4096
@@ -133,8 +137,16 @@ class SpanEncoder:
 
     def encode_span(self, span: ReadableSpan) -> bytes:
         """One span's `Span` message, serialized."""
-        if span.events or span.links:
+        if type(span) is LeanSpan and type(span._events) is tuple and type(span._links) is tuple:
+            # Never given an event or a link (nor had one dropped): its own attribute dict, without the
+            # copies and checks the SDK span's properties make.
+            attributes = span._attributes
+            dropped = (span._dropped_attributes, 0, 0)
+        elif span.events or span.links:
             return _encode_span(span).SerializeToString()
+        else:
+            attributes = span.attributes
+            dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
         context = span.context
         parent = span.parent
         parts = [
@@ -154,15 +166,11 @@ class SpanEncoder:
             parts += (_START, _FIXED64.pack(span.start_time))
         if span.end_time:
             parts += (_END, _FIXED64.pack(span.end_time))
-        attributes = span.attributes
         if attributes:
             parts += self._encoded_attributes(attributes)
-        if span.dropped_attributes:
-            parts += (_DROPPED_ATTRIBUTES, _varint(span.dropped_attributes))
-        if span.dropped_events:
-            parts += (_DROPPED_EVENTS, _varint(span.dropped_events))
-        if span.dropped_links:
-            parts += (_DROPPED_LINKS, _varint(span.dropped_links))
+        for tag, count in zip((_DROPPED_ATTRIBUTES, _DROPPED_EVENTS, _DROPPED_LINKS), dropped, strict=True):
+            if count:
+                parts += (tag, _varint(count))
         parts.append(self._status(span.status.status_code.value, span.status.description))
         flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
         parts += (_FLAGS, _FIXED32.pack(flags))

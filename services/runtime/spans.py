@@ -19,9 +19,13 @@ owns it), as everywhere in scoregraph.
 
 In one process, a gateway call's four spans (its server span and three attempts, started, given their
 attributes, ended and queued for export) took 260-290 us with the SDK's span, 140 us with this one and
-70-90 us sampling nothing. At saturation, sampling every call cost 1.5 ms more CPU per Score call than
-sampling none with the SDK's span (+17 %) and 0.6 ms with this one (+6 %), Triton's and the receiver's
-share (0.25 ms) included.
+70-90 us sampling nothing. `LeanTracer` then skips the sampler's calls for a child of a valid parent and
+the generators of `start_as_current_span`: on a quiet machine, the four spans (with the server's W3C
+extract, three injects and a log line) cost 20 us over tracing off unsampled and 115 us sampled, export
+included, before, and 7 and 97 us after.
+
+At saturation, sampling every call cost 1.5 ms more CPU per Score call than sampling none with the SDK's
+span (+17 %) and 0.6 ms with this one (+6 %), Triton's and the receiver's share (0.25 ms) included.
 """
 
 from __future__ import annotations
@@ -209,10 +213,12 @@ def _follows_parent(sampler: Sampler) -> bool:
 class LeanTracer(Tracer):
     """The SDK's tracer, starting `LeanSpan`s.
 
-    A span whose parent is valid, under a sampler that follows the parent (`_follows_parent`), takes the
-    decision that sampler would take without asking it: the same flags, trace state and attributes, for a
-    third of what a span cost in the sampler's calls. `start_as_current_span` is a plain context manager
-    doing what the SDK's two generator-based ones do (3 us of the 11 a sampled span cost here)."""
+    A span whose parent is valid, under a sampler that follows the parent (`_follows_parent`: the
+    services' default, `parentbased_always_on`), takes the decision that sampler would take without
+    asking it: the same flags, trace state and attributes. `start_as_current_span` is a plain context
+    manager doing what the SDK's `start_as_current_span` and the API's `use_span` do with two generators.
+    Together, on a quiet machine (best of five runs of 50,000): a sampled span started and ended 7.5 ->
+    6.3 us, and 11.5 -> 8.5 us as the current span; an unsampled one 3.7 -> 2.6 and 6.7 -> 4.4 us."""
 
     def _parent_decides(self) -> bool:
         """`_follows_parent(self.sampler)`, worked out once per sampler (the tracer was made by the SDK and
@@ -339,11 +345,13 @@ class _CurrentSpan:
         self._token = context_api.attach(context_api.set_value(_SPAN_KEY, span))
         return span
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _traceback: Any) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _traceback: Any
+    ) -> None:
         span = self._span
         try:
             context_api.detach(self._token)
-            # Only an Exception is an error: GeneratorExit, CancelledError and the like are not (as in the API).
+            # Only an Exception is an error (as in the API): not GeneratorExit, CancelledError and the like.
             if isinstance(error, Exception) and isinstance(span, trace_api.Span) and span.is_recording():
                 if self._options["record_exception"]:
                     span.record_exception(error)
