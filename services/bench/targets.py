@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.bench.results import SLO_P99_MS, BenchResults, Contender
+from services.bench.results import SLO_P99_MS, BenchResults, Contender, TracingRun
 
 
 @dataclass(frozen=True)
@@ -137,25 +137,40 @@ def evaluate(results: BenchResults) -> list[Target]:
 
     targets.extend(_hedging_targets(results))
 
-    # Judged against the same stack sampling nothing: two stacks differ by more than the margin judged
-    # (see services.bench.tracing); the ratio to a stack with tracing off is shown beside it. The median of
-    # the rounds' ratios: one turn in a few is slowed by the machine's neighbours, by up to 4x.
+    # Judged twice. Against the same stack sampling nothing: sampling's own cost, free of the difference
+    # between two stacks (3-9 % on a busy machine, see services.bench.tracing). And against a stack with
+    # tracing off: what a user turning tracing on sees, the cost of tracing being on at all included (two
+    # stacks with tracing off agreed within 1 % on a quiet machine). Each on the median of the rounds'
+    # ratios: one turn in a few is slowed by the machine's neighbours, by up to 4x.
+    on, unsampled, off = (results.tracing.get(key) for key in ("on", "unsampled", "off"))
     name = "Tracing at 100 % sampling"
     goal = "saturation rate >= 0.9 x sampling nothing (same stack), median of the rounds"
-    on, unsampled, off = (results.tracing.get(key) for key in ("on", "unsampled", "off"))
     if on is None or unsampled is None or unsampled.rate == 0:
         targets.append(_missing(name, goal, "saturation sampling every call and none"))
     else:
         ratio = on.ratio(unsampled)
-        turns = on.turn_ratios(unsampled)
-        figures = f"{ratio:.2f}" + (f" over {len(turns)} rounds" if turns else "")
-        figures += f" (all turns: {on.rate:.0f}/s / {unsampled.rate:.0f}/s = {on.rate / unsampled.rate:.2f}"
-        if (cpu := on.cpu_change(unsampled)) is not None:
-            figures += f"; CPU per call {cpu:+.1%}"
+        figures = _tracing_figures(on, unsampled)
         if off is not None and off.rate:
             figures += f"; a stack with tracing off: {on.ratio(off):.2f}"
         targets.append(Target(name, goal, figures + ")", ratio >= 0.9))
+    name = "Tracing at 100 % sampling, against tracing off"
+    goal = "saturation rate >= 0.9 x a stack with tracing off, median of the rounds"
+    if on is None or off is None or off.rate == 0:
+        targets.append(_missing(name, goal, "saturation sampling every call and with tracing off"))
+    else:
+        targets.append(Target(name, goal, _tracing_figures(on, off) + ")", on.ratio(off) >= 0.9))
     return targets
+
+
+def _tracing_figures(on: TracingRun, base: TracingRun) -> str:
+    """`on`'s rate over `base`'s, the median of the rounds', then (unclosed, for more to follow) over all
+    turns together and the change in CPU per call."""
+    turns = on.turn_ratios(base)
+    figures = f"{on.ratio(base):.2f}" + (f" over {len(turns)} rounds" if turns else "")
+    figures += f" (all turns: {on.rate:.0f}/s / {base.rate:.0f}/s = {on.rate / base.rate:.2f}"
+    if (cpu := on.cpu_change(base)) is not None:
+        figures += f"; CPU per call {cpu:+.1%}"
+    return figures
 
 
 def _hedging_targets(results: BenchResults) -> list[Target]:

@@ -20,6 +20,9 @@ def test_each_target_is_computed_from_the_runs_figures():
         "0.95 over 3 rounds (all turns: 163/s / 196/s = 0.83; CPU per call +8.0%; "
         "a stack with tracing off: 0.90)"
     )
+    assert targets["Tracing at 100 % sampling, against tracing off"].figures == (
+        "0.90 over 3 rounds (all turns: 163/s / 200/s = 0.81; CPU per call +7.1%)"
+    )
     assert {name: t.verdict for name, t in targets.items()} == {
         "Graph overhead at low load": "met",
         "Tail at half the saturation rate": "met",
@@ -31,6 +34,7 @@ def test_each_target_is_computed_from_the_runs_figures():
         "Hedging: extra load": "met",
         "Hedging: median": "met",
         "Tracing at 100 % sampling": "met",
+        "Tracing at 100 % sampling, against tracing off": "met",
     }
 
 
@@ -68,21 +72,26 @@ def test_targets_without_their_runs_are_not_measured():
     assert set(verdicts(bench).values()) == {"not measured"}
 
 
-def test_tracing_is_judged_against_the_same_stack_sampling_nothing():
-    def tracing(on: float, unsampled: float, off: float) -> str:
+def test_tracing_is_judged_against_the_same_stack_sampling_nothing_and_against_tracing_off():
+    def tracing(on: float, unsampled: float, off: float) -> tuple[str, str]:
         bench = results()
         bench.tracing = {
             "off": TracingRun("off", make_run([20.0] * 10, off)),
             "unsampled": TracingRun("unsampled", make_run([20.0] * 10, unsampled)),
             "on": TracingRun("on", make_run([20.0] * 10, on)),
         }
-        return verdicts(bench)["Tracing at 100 % sampling"]
+        judged = verdicts(bench)
+        return judged["Tracing at 100 % sampling"], judged["Tracing at 100 % sampling, against tracing off"]
 
-    assert tracing(on=180, unsampled=195, off=210) == "met"  # 0.92 of the same stack, 0.86 of the other
-    assert tracing(on=170, unsampled=195, off=180) == "missed"  # 0.87 of the same stack
+    assert tracing(on=180, unsampled=195, off=210) == ("met", "missed")  # 0.92 of the same stack, 0.86 of off
+    assert tracing(on=170, unsampled=195, off=180) == ("missed", "met")  # 0.87 of the same stack, 0.94 of off
+    assert tracing(on=190, unsampled=200, off=205) == ("met", "met")
     bench = results()
     del bench.tracing["unsampled"]
     assert verdicts(bench)["Tracing at 100 % sampling"] == "not measured"
+    assert verdicts(bench)["Tracing at 100 % sampling, against tracing off"] == "met"
+    del bench.tracing["off"]
+    assert verdicts(bench)["Tracing at 100 % sampling, against tracing off"] == "not measured"
 
 
 def test_tracing_is_judged_on_the_median_of_its_rounds_when_it_ran_in_turns():

@@ -192,7 +192,11 @@ def test_a_lean_span_exports_exactly_what_the_sdks_span_exports(limits):
 
 
 LOCAL_UNSAMPLED_PARENT = SpanContext(
-    0x3, 0x4, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT), trace_state=TraceState([("k", "v")])
+    0x3,
+    0x4,
+    is_remote=False,
+    trace_flags=TraceFlags(TraceFlags.DEFAULT),
+    trace_state=TraceState([("k", "v")]),
 )
 
 
@@ -218,10 +222,14 @@ def test_a_lean_span_samples_as_the_sdk_does(sampler):
         root = tracer.start_span("root", attributes=attributes)
         parents = [REMOTE_PARENT, UNSAMPLED_PARENT, LOCAL_UNSAMPLED_PARENT]
         spans = [root] + [
-            tracer.start_span("child", trace.set_span_in_context(NonRecordingSpan(parent)), attributes=attributes)
+            tracer.start_span(
+                "child", trace.set_span_in_context(NonRecordingSpan(parent)), attributes=attributes
+            )
             for parent in parents
         ]
-        spans.append(tracer.start_span("child of root", trace.set_span_in_context(root), attributes=attributes))
+        spans.append(
+            tracer.start_span("child of root", trace.set_span_in_context(root), attributes=attributes)
+        )
         return [
             (
                 span.is_recording(),
@@ -256,8 +264,9 @@ def test_a_lean_current_span_does_what_the_sdks_does():
         with pytest.raises(ValueError), tracer.start_as_current_span("raising"):
             raise ValueError("inside")
         seen.append(trace.get_current_span() is outside)
-        with pytest.raises(ValueError), tracer.start_as_current_span(
-            "quiet", record_exception=False, set_status_on_exception=False
+        with (
+            pytest.raises(ValueError),
+            tracer.start_as_current_span("quiet", record_exception=False, set_status_on_exception=False),
         ):
             raise ValueError("not recorded")
         with pytest.raises(asyncio.CancelledError), tracer.start_as_current_span("cancelled"):
@@ -297,14 +306,36 @@ def test_a_lean_current_span_does_what_the_sdks_does():
 
     lean_seen, lean_finished = run(LeanTracerProvider)
     assert (lean_seen, lean_finished) == run(TracerProvider)
-    assert lean_seen == [True, True, True, True, True, True, "decorated", "decorated", "decorated async", True]
+    assert lean_seen == [
+        True,
+        True,
+        True,
+        True,
+        True,
+        True,
+        "decorated",
+        "decorated",
+        "decorated async",
+        True,
+    ]
     names = [name for name, *_ in lean_finished]
     assert names == [
-        "inner", "fine", "raising", "quiet", "cancelled", "left open", "decorated", "decorated", "decorated async"
+        "inner",
+        "fine",
+        "raising",
+        "quiet",
+        "cancelled",
+        "left open",
+        "decorated",
+        "decorated",
+        "decorated async",
     ]
     raising = lean_finished[2]
     assert raising[4] == [
-        ("exception", {"exception.type": "ValueError", "exception.message": "inside", "exception.escaped": "False"})
+        (
+            "exception",
+            {"exception.type": "ValueError", "exception.message": "inside", "exception.escaped": "False"},
+        )
     ]
     assert raising[5] == (StatusCode.ERROR, "ValueError: inside")
     assert lean_finished[3][4:] == ([], (StatusCode.UNSET, None))  # told not to
