@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from services.bench import metadata_cost
 from services.bench import processes as bench
 from services.stack.topology import StackSettings, listening_ports
 from tests.ports import STACK_BASES
@@ -40,6 +41,7 @@ STACKS = {
         bench.FEAST_SERVER_PORT,
         bench.OTLP_GRPC_PORT,
         bench.OTLP_HTTP_PORT,
+        *(bench.METADATA_COST_PORT + 10 * i + j for i in range(len(metadata_cost.MODES)) for j in (0, 1)),
     },
 }
 
