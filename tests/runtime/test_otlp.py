@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter, SpanEncoder
+from services.runtime.spans import LeanTracerProvider
 from services.stack.collector import TraceCollector
 
 REMOTE_PARENT = SpanContext(
@@ -28,17 +29,17 @@ def finished(provider: TracerProvider) -> InMemorySpanExporter:
     return memory
 
 
-def varied_spans() -> tuple[ReadableSpan, ...]:
+def varied_spans(make: type[TracerProvider] = TracerProvider) -> tuple[ReadableSpan, ...]:
     """Spans of two services, two tracers in one, of every kind, with every attribute type, a remote
     parent with a trace state, a status with and without a description, events, links and a span over its
-    attribute limit."""
-    gateway = TracerProvider(
+    attribute limit, made by `make`'s tracers (the SDK's spans, or the services' LeanSpans)."""
+    gateway = make(
         resource=Resource.create(
             {"service.name": "gateway"}, schema_url="https://opentelemetry.io/schemas/1.21.0"
         ),
         span_limits=SpanLimits(max_span_attributes=6),
     )
-    features = TracerProvider(resource=Resource.create({"service.name": "features", "replica": 2}))
+    features = make(resource=Resource.create({"service.name": "features", "replica": 2}))
     memory = InMemorySpanExporter()
     for provider in (gateway, features):
         provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -79,8 +80,12 @@ def varied_spans() -> tuple[ReadableSpan, ...]:
     return memory.get_finished_spans()
 
 
-def test_a_batch_encodes_to_the_same_bytes_as_the_sdk_encoder():
-    spans = varied_spans()
+PROVIDERS = pytest.mark.parametrize("make", [TracerProvider, LeanTracerProvider], ids=["sdk", "lean"])
+
+
+@PROVIDERS
+def test_a_batch_encodes_to_the_same_bytes_as_the_sdk_encoder(make):
+    spans = varied_spans(make)
     encoder = SpanEncoder()
 
     assert encoder.encode(spans) == encode_spans(spans).SerializeToString()
@@ -90,13 +95,14 @@ def test_a_batch_encodes_to_the_same_bytes_as_the_sdk_encoder():
     assert encoder.encode([]) == encode_spans([]).SerializeToString() == b""
 
 
-def test_attributes_beyond_a_full_cache_are_still_encoded():
-    spans = varied_spans()
+@PROVIDERS
+def test_attributes_beyond_a_full_cache_are_still_encoded(make):
+    spans = varied_spans(make)
     encoder = SpanEncoder(attribute_cache_size=2)
     encoder.encode(spans)
     changed = []
     for value in range(50):
-        provider = TracerProvider()
+        provider = make()
         memory = finished(provider)
         with provider.get_tracer("t").start_as_current_span(
             "s", attributes={"value": value, "text": str(value)}
@@ -106,6 +112,29 @@ def test_attributes_beyond_a_full_cache_are_still_encoded():
 
     assert encoder.encode(changed) == encode_spans(changed).SerializeToString()
     assert len(encoder._attributes) == 2
+    assert len(encoder._tails) <= 2
+
+
+def test_a_kept_encoding_is_never_given_to_an_equal_value_of_another_type_or_another_status():
+    provider = LeanTracerProvider()
+    memory = finished(provider)
+    tracer = provider.get_tracer("t")
+    values = (1, True, 1.0, "1", 0, False, 0.0, (1, 0), (True, False), (1.0, 0.0), ("1", "0"))
+    for value in values:
+        with tracer.start_as_current_span("s", attributes={"v": value}):
+            pass
+    for status in (Status(StatusCode.ERROR), Status(StatusCode.ERROR, "why"), Status(StatusCode.OK)):
+        with tracer.start_as_current_span("s", attributes={"v": 1}) as span:
+            span.set_status(status)
+    with tracer.start_as_current_span("s"):
+        pass
+    spans = memory.get_finished_spans()
+    encoder = SpanEncoder()
+
+    assert encoder.encode(spans) == encode_spans(spans).SerializeToString()
+    # Each alone, from the caches the others filled, in both orders.
+    for span in (*spans, *reversed(spans)):
+        assert encoder.encode([span]) == encode_spans([span]).SerializeToString()
 
 
 def test_an_export_parses_as_the_request_the_sdk_would_build():
