@@ -42,7 +42,7 @@ import grpc
 from scoregraph.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
 
 from services.bench.loadgen import RunResult, closed_loop, interleaved
-from services.bench.processes import METADATA_COST_PORT, Spawned, listening, wait_until
+from services.bench.processes import METADATA_COST_PORT, Spawned, cpu_seconds, listening, wait_until
 from services.bench.tracing import RECEIVER_ENDPOINT, TRACING_OFF, start_receiver, tracing_on
 
 #: Calls in flight to each server.
@@ -100,6 +100,11 @@ class ModeResult:
         return statistics.median(self.rates)
 
 
+def port_of(index: int) -> int:
+    """The gRPC port of the server of MODES[index]; its metrics port is the next one."""
+    return METADATA_COST_PORT + 10 * index
+
+
 def server_env(mode: Mode, port: int) -> dict[str, str]:
     tracing = (
         {**tracing_on(RECEIVER_ENDPOINT), "OTEL_BSP_SCHEDULE_DELAY": str(SCHEDULE_DELAY_MS)}
@@ -115,11 +120,11 @@ def server_env(mode: Mode, port: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def servers(out: Path) -> Iterator[list[Spawned]]:
-    """A postprocess server per mode, on METADATA_COST_PORT + 10 * its index, once each listens."""
+    """A postprocess server per mode, on `port_of` its index, once each listens."""
     started: list[Spawned] = []
     try:
         for i, mode in enumerate(MODES):
-            port = METADATA_COST_PORT + 10 * i
+            port = port_of(i)
             argv = [sys.executable, "-m", "services.postprocess"]
             server = Spawned(argv, server_env(mode, port), out / f"server-{i}.log")
             started.append(server)
@@ -149,9 +154,7 @@ async def _drive(
     async with contextlib.AsyncExitStack() as stack:
         slices = {}
         for i, (mode, server, result) in enumerate(zip(MODES, started, results, strict=True)):
-            channel = await stack.enter_async_context(
-                grpc.aio.insecure_channel(f"127.0.0.1:{METADATA_COST_PORT + 10 * i}")
-            )
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port_of(i)}"))
             stub = postprocess_pb2_grpc.PostprocessServiceStub(channel)
 
             async def call(_: int, stub=stub, metadata=mode.metadata) -> object:
@@ -167,23 +170,18 @@ def _turn(
     call: Callable[[int], Awaitable[object]], server: Spawned, result: ModeResult, turn_s: float
 ) -> Callable[[], Awaitable[RunResult]]:
     async def run() -> RunResult:
-        server_before, client_before = _cpu(server), time.process_time()
+        server_before, client_before = cpu_seconds(server.tree), time.process_time()
         turn = await closed_loop(call, seconds=turn_s, concurrency=CONCURRENCY)
         client_after = time.process_time()
         await asyncio.sleep(SCHEDULE_DELAY_MS / 1000 + 0.2)
         calls = max(turn.ok, 1)
-        result.server_us.append((_cpu(server) - server_before) / calls * 1e6)
+        result.server_us.append((cpu_seconds(server.tree) - server_before) / calls * 1e6)
         result.client_us.append((client_after - client_before) / calls * 1e6)
         result.rates.append(turn.achieved_rate)
         result.errors += turn.errors + turn.dropped
         return turn
 
     return run
-
-
-def _cpu(server: Spawned) -> float:
-    times = server.tree.cpu_times()
-    return times.user + times.system
 
 
 def table(results: list[ModeResult]) -> str:

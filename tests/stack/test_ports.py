@@ -41,7 +41,7 @@ STACKS = {
         bench.FEAST_SERVER_PORT,
         bench.OTLP_GRPC_PORT,
         bench.OTLP_HTTP_PORT,
-        *(bench.METADATA_COST_PORT + 10 * i + j for i in range(len(metadata_cost.MODES)) for j in (0, 1)),
+        *(metadata_cost.port_of(i) + j for i in range(len(metadata_cost.MODES)) for j in (0, 1)),
     },
 }
 
