@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+import uvloop
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -205,6 +206,43 @@ async def test_a_fast_first_attempt_sends_no_hedge(hedged) -> None:
     assert (len(a.calls), len(b.calls)) == (5, 5)  # taken in turn
     assert metric("hedges_sent", call.hop) == 0
     assert metric("hop_attempts", call.hop, outcome="won") == 10
+
+
+def test_no_hedge_leaves_before_its_delay_on_uvloop(hedged) -> None:
+    # uvloop, which the services run on, rounds a timer to whole milliseconds (2.4 -> 2) and counts it from
+    # the start of the loop's iteration: its timer alone would send this hedge after 2 ms or less.
+    delay_s = 0.0024
+    backup_started: list[float] = []
+
+    async def backup() -> str:
+        backup_started.append(time.perf_counter())
+        return "b"
+
+    first = ScriptedReplica("first", answers("first", after_s=0.05))
+    second = ScriptedReplica("second", backup)
+    call = hedged(first, second, hedge=HedgePolicy(fixed_delay_s=delay_s))
+
+    async def race() -> float:
+        # Each race starts in an iteration already under way (this coroutine's), as a gateway's do.
+        await asyncio.sleep(0)
+        time.sleep(0.0015)
+        began = time.perf_counter()
+        assert await call(call_replica, deadline()) == "b"
+        return backup_started[-1] - began
+
+    async def races() -> list[float]:
+        waits = []
+        for _ in range(10):
+            call.replicas = ReplicaSet([Replica("first", first), Replica("second", second)], ejection_s=0.5)
+            waits.append(await race())
+        return waits
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        waits = runner.run(races())
+
+    assert len(waits) == 10
+    assert min(waits) >= delay_s
+    assert metric("hedges_sent", call.hop) == metric("hedges_won", call.hop) == 10
 
 
 async def test_the_first_attempt_wins_when_it_answers_before_the_hedge(hedged) -> None:
