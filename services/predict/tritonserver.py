@@ -121,10 +121,21 @@ def trace_args(environ: Mapping[str, str]) -> list[str]:
         f"opentelemetry,url={url}",
         f"opentelemetry,resource=service.name={service}",
     ]
-    delay = environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
-    if delay.isdigit():
-        options.append(f"opentelemetry,bsp_schedule_delay={delay}")
+    for variable, option in _BATCH_OPTIONS.items():
+        value = environ.get(variable, "").strip()
+        if value.isdigit():
+            options.append(f"opentelemetry,{option}={value}")
     return [f"--trace-config={option}" for option in options]
+
+
+#: The batch span processor's settings tritonserver's exporter takes, by the OTEL_BSP_* variable that sets
+#: them for the services (a value that is not a whole number is left to Triton's default, 5000 ms, 2048
+#: spans and 512; OTEL_BSP_EXPORT_TIMEOUT has no Triton option).
+_BATCH_OPTIONS = {
+    "OTEL_BSP_SCHEDULE_DELAY": "bsp_schedule_delay",
+    "OTEL_BSP_MAX_QUEUE_SIZE": "bsp_max_queue_size",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "bsp_max_export_batch_size",
+}
 
 
 def _sampling_rate(environ: Mapping[str, str]) -> int | None:

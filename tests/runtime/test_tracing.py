@@ -220,6 +220,24 @@ def test_triton_exports_over_http_to_the_configured_endpoint():
     assert "--trace-config=level=TIMESTAMPS" in args
 
 
+def test_triton_batches_its_spans_as_the_otel_bsp_variables_say():
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    args = trace_args(
+        {
+            **base,
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": " 64 ",
+        }
+    )
+    assert "--trace-config=opentelemetry,bsp_schedule_delay=500" in args
+    assert "--trace-config=opentelemetry,bsp_max_queue_size=4096" in args
+    assert "--trace-config=opentelemetry,bsp_max_export_batch_size=64" in args
+    # Unset or not a whole number: Triton's defaults.
+    assert not [arg for arg in trace_args(base) if "bsp_" in arg]
+    assert not [arg for arg in trace_args({**base, "OTEL_BSP_MAX_QUEUE_SIZE": "-1"}) if "bsp_" in arg]
+
+
 def test_triton_is_not_traced_without_an_http_endpoint_or_when_sampling_nothing():
     assert trace_args({}) == []
     assert (
