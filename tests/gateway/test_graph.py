@@ -304,9 +304,9 @@ def served_timeout_ceiling(sent_s: float) -> float:
     """The most time remaining a gRPC server can read for a call whose client sent a timeout of `sent_s`.
 
     The `grpc-timeout` header is rounded up to a unit of the encoding: the millisecond below 1 s, 10 ms from
-    1 s to 10 s (grpc core's timeout_encoding). The client's core computes it from a cached clock that can
-    be slightly behind, so a timeout sent as exactly 1.95 s can go out as 1.96 s: at most one unit more,
-    plus half a millisecond for the two clocks being read at different moments."""
+    1 s to 10 s (grpc core's timeout_encoding). Core keeps its deadlines and clock in whole milliseconds, so
+    a timeout of 1.95 s can go out as 1.96 s: at most one unit more, plus half a millisecond for the two
+    clocks being read at different moments."""
     unit = 0.001 if sent_s < 1 else 0.01
     return sent_s + unit + 0.0005
 
