@@ -5,6 +5,8 @@ import ipaddress
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
@@ -88,6 +90,50 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
     return event_dict
 
 
+# OpenTelemetry's propagators warn of each malformed member of a caller's `traceparent`, `tracestate` or
+# `baggage`, quoting it: a caller's text, which may hold a secret, and up to 180 lines for one call.
+_TRACE_HEADER_LOGGERS = frozenset(
+    {
+        "opentelemetry.trace.span",
+        "opentelemetry.trace.propagation.tracecontext",
+        "opentelemetry.baggage.propagation",
+    }
+)
+WITHHELD = "[withheld]"
+
+
+class TraceHeaderWarnings(logging.Filter):
+    """Lets OpenTelemetry's warnings about a caller's malformed trace headers through without the headers'
+    text (numbers, such as a length, stay), and each kind at most once per `interval_s`; the next one says
+    how many were held back meanwhile."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        # Per kind (the message's format string): when one last went out, and how many were held back since.
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name not in _TRACE_HEADER_LOGGERS:
+            return True
+        kind, now = str(record.msg), self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval_s:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        if isinstance(record.args, tuple):
+            record.args = tuple(arg if isinstance(arg, int | float) else WITHHELD for arg in record.args)
+        else:  # A mapping: the message keeps its placeholders, unfilled.
+            record.args = ()
+        held = self._held.pop(kind, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it since the last)"
+        return True
+
+
 class _CurrentStream:
     """Where scoregraph's own log lines go: the stream of the latest `configure_logging`. Loggers bound
     before a reconfiguration (structlog caches them on first use) follow it too."""
@@ -138,6 +184,7 @@ def configure_logging(level: str, *, service: str, stream: TextIO = sys.stdout) 
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(TraceHeaderWarnings())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

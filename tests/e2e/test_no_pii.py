@@ -4,6 +4,7 @@ comes out in any span, log line, metric or error message."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 
 import grpc
@@ -18,7 +19,17 @@ pytestmark = pytest.mark.e2e
 
 TEST_PAN = "4111111111111111"
 CLIENT_IP = "203.0.113.77"
-SECRETS = (TEST_PAN, TEST_PAN[-12:], CLIENT_IP)
+# A caller's secret in trace-header members malformed enough that OpenTelemetry's propagators warn of them.
+CALLER_SECRET = "9Qx7Zp-hunter2"
+SECRETS = (TEST_PAN, TEST_PAN[-12:], CLIENT_IP, CALLER_SECRET)
+
+
+def trace_headers() -> tuple[tuple[str, str], ...]:
+    return (
+        ("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"),
+        ("tracestate", f"vendor=ok,pin {CALLER_SECRET}"),
+        ("baggage", f"user=alice,pin {CALLER_SECRET},token={CALLER_SECRET} x"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +67,7 @@ def test_the_card_number_and_the_ip_address_never_come_out(traced_stack, live):
         for request in requests(live):
             for timeout in (5, 0.001):
                 try:
-                    trace_ids.append(stub.Score(request, timeout=timeout).trace_id)
+                    trace_ids.append(stub.Score(request, timeout=timeout, metadata=trace_headers()).trace_id)
                 except grpc.RpcError as error:
                     errors.append(
                         f"{error.code()} {error.details()} {error.trailing_metadata()} "
@@ -67,6 +78,7 @@ def test_the_card_number_and_the_ip_address_never_come_out(traced_stack, live):
 
     spans = json.dumps([span.__dict__ for span in traced_stack.collector.spans()], default=str)
     logs = traced_stack.stack.log_path.read_text()
+    assert "Invalid baggage entry" in logs, "the malformed trace headers were not warned of"
     metrics = "\n".join(traced_stack.metrics().values())
     assert traced_stack.collector.spans(), "no spans captured"
     for where, text in {

@@ -2,9 +2,10 @@ import logging
 
 import pytest
 import structlog
+from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
 
-from services.runtime.logging import configure_logging
+from services.runtime.logging import WITHHELD, TraceHeaderWarnings, configure_logging
 from tests.runtime.conftest import LogCapture
 
 TEST_PAN = "4111111111111111"
@@ -93,3 +94,64 @@ def test_short_digit_runs_and_numbers_survive(json_logs: LogCapture) -> None:
     [record] = json_logs.records()
     assert record["transaction_id"] == "tx-2024-000042"
     assert record["created_at_ms"] == 1732185600000
+
+
+# A caller's secret, in trace-header members OpenTelemetry's propagators reject and warn of.
+CALLER_SECRET = "9Qx7Zp-hunter2"
+MALFORMED_HEADERS = {
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate": f"vendor=ok,pin {CALLER_SECRET}",
+    "baggage": f"user=alice,pin {CALLER_SECRET},token={CALLER_SECRET} x,{CALLER_SECRET}=" + "y" * 5000,
+}
+
+
+def test_warnings_of_a_callers_malformed_trace_headers_withhold_their_text(json_logs: LogCapture) -> None:
+    propagate.extract(MALFORMED_HEADERS)
+    propagate.extract({"baggage": f"k={CALLER_SECRET}" + "x" * 9000})
+
+    assert CALLER_SECRET not in json_logs.text
+    events = [record["event"] for record in json_logs.records()]
+    assert {record["level"] for record in json_logs.records()} == {"warning"}
+    assert f"Member doesn't match the w3c identifiers format {WITHHELD}" in events
+    assert f"Baggage list-member `{WITHHELD}` doesn't match the format" in events
+    assert f"Invalid baggage entry: `{WITHHELD}`" in events
+    # Numbers stay: they say what was wrong without quoting the caller.
+    too_long = len(f"{CALLER_SECRET}=") + 5000
+    assert any(event.endswith(f"per list-member with length {too_long}") for event in events)
+    assert f"Baggage header `{WITHHELD}` exceeded the maximum number of bytes per baggage-string" in events
+
+
+def test_a_caller_repeating_malformed_trace_headers_gets_one_line_per_kind(json_logs: LogCapture) -> None:
+    for _ in range(50):
+        propagate.extract(MALFORMED_HEADERS)
+
+    events = [record["event"] for record in json_logs.records()]
+    assert len(events) == len(set(events)) == 4
+
+
+def test_trace_header_warnings_come_once_an_interval_saying_how_many_were_held_back() -> None:
+    now = [100.0]
+    warnings = TraceHeaderWarnings(interval_s=10.0, clock=lambda: now[0])
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+
+    entry = "Invalid baggage entry: `%s`"
+    seen = []
+    for at in (100.0, 101.0, 109.9, 110.0, 111.0):
+        now[0] = at
+        line = record("opentelemetry.baggage.propagation", entry, CALLER_SECRET)
+        if warnings.filter(line):
+            seen.append((at, line.getMessage()))
+    # Another kind, and the same one from another logger, are not held back.
+    other = record("opentelemetry.trace.span", "There can't be more than %s key/value pairs.", 32)
+    assert warnings.filter(other)
+    assert other.getMessage() == "There can't be more than 32 key/value pairs."
+    own = record("scoregraph.gateway", entry, "kept")
+    assert warnings.filter(own) and warnings.filter(own)
+    assert own.getMessage() == "Invalid baggage entry: `kept`"
+
+    assert seen == [
+        (100.0, f"Invalid baggage entry: `{WITHHELD}`"),
+        (110.0, f"Invalid baggage entry: `{WITHHELD}` (2 more like it since the last)"),
+    ]
