@@ -3,25 +3,33 @@
     python -m services.bench.metadata_cost [--rounds 8] [--seconds 3]
 
 Tracing on costs a call something even when it is not sampled: every hop carries a W3C `traceparent`,
-which grpcio reads and writes as it does any metadata entry, and the server makes a span that records
-nothing. This measures the parts on the cheapest hop there is, one postprocess server (one RPC, one span),
-in four modes, each a server of its own driven closed loop (16 calls in flight) from this process, in
-interleaved turns:
+which grpcio reads and writes as it does any metadata entry, the server's propagator parses it, and the
+server makes a span that records nothing. This measures the parts on the cheapest hop there is, one
+postprocess server (one RPC, one span), in five modes, each a server of its own driven closed loop (16 calls
+in flight) from this process, in interleaved turns:
 
 - tracing off, the call carries no metadata (the baseline);
-- tracing off, the call carries a `traceparent` (a fresh one per call, as a traced caller sends): grpcio's
-  share alone, since the server ignores it;
+- tracing off, the call carries another header as long as a `traceparent` and as fresh: grpcio's share;
+- tracing off, the call carries a `traceparent` (a fresh one per call, as a traced caller sends):
+  OpenTelemetry's API parses it even with the SDK off (it passes a caller's context on, as the specification
+  asks), and the server's log line carries its ids;
 - tracing on, the call's `traceparent` says "not sampled": the server's unsampled span added;
 - tracing on, the call sampled: its span recorded and exported over OTLP/HTTP to a receiver (in a process
   of its own, its CPU not counted).
 
-Each mode's server CPU per call (over the turn and a pause in which the span processor exports what the
-turn left) and this process's, the client's, are the medians of the rounds. On 2026-11-22 (8 rounds of
-3 s, 2,400-3,000 calls/s): 412, 440, 440 and 489 us of server CPU per call in the four modes, and the
-client 209 us without metadata, 224-234 with it. A sampled span's recording and export cost 49 us there,
-where the same span costs 6 us to make and 5 to encode in a loop of nothing else: in a server, the span
-processor's encoding took 17-19 us of CPU a span (thread time, measured inside the server), its caches
-cold between calls.
+Each mode's server CPU per call (over the turn and a pause in which the span processor exports what the turn
+left) and this process's, the client's, are the medians of the rounds. On 2026-11-22 (8 rounds of 3 s,
+2,250-3,000 calls/s): 396, 429, 434, 465 and 507 us of server CPU per call in the five modes, and the client
+217 us without metadata, 237-238 with it (252 sampled). The modes' differences move from run to run by as
+much as they are: in a run of the four modes but the second the same day, the traceparent cost the server +80
+us, and in a driver of its own (10 rounds of 2 s) the other header +5 and the traceparent +29. A bare
+grpc.aio server (a generic handler echoing bytes, no interceptors or with one) spent the same CPU per call
+with a header as without, within 7 us, and the postprocess server's +5 to +33 us for the other header lies
+inside the runs' spread: grpcio's share is mostly the client's (+10-20 us, making the header included), the
+server's mostly the parse and the log line's ids (6 us in a loop of nothing else). A sampled span's recording
+and export cost 42-49 us there, where the same span costs 6 us to make and 5 to encode in a loop of nothing
+else: in a server, the span processor's encoding took 17-19 us of CPU a span (thread time, measured inside
+the server), its caches cold between calls.
 """
 
 from __future__ import annotations
@@ -62,6 +70,11 @@ def _traceparent(flags: str) -> Metadata:
     return lambda: (("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{flags}"),)
 
 
+def _other_header() -> tuple[tuple[str, str], ...]:
+    """A header the server's propagators do not read, as long as a `traceparent` and as fresh."""
+    return (("x-request-id", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"),)
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str
@@ -72,6 +85,7 @@ class Mode:
 
 MODES = (
     Mode("tracing off, no metadata", False, _no_metadata),
+    Mode("tracing off, another header", False, _other_header),
     Mode("tracing off, a traceparent", False, _traceparent("00")),
     Mode("tracing on, unsampled", True, _traceparent("00")),
     Mode("tracing on, sampled", True, _traceparent("01")),

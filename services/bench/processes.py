@@ -35,7 +35,7 @@ BARE_GRPC_PORT = 32095
 FEAST_SERVER_PORT = 32566
 OTLP_GRPC_PORT = 32517
 OTLP_HTTP_PORT = 32518
-#: First of the metadata cost's four postprocess servers (services.bench.metadata_cost): 32600-32631.
+#: First of the metadata cost's five postprocess servers (services.bench.metadata_cost): 32600-32641.
 METADATA_COST_PORT = 32600
 
 
