@@ -151,7 +151,7 @@ class ScoreGraph:
                 # A missing feature is information (a new card or device), reported in the reasons; stale ones
                 # mean the store lags, which is the graph degrading.
                 degraded=bool(failures or summary is None or summary.stale_count),
-                trace_id=trace.format_trace_id(span.get_span_context().trace_id),
+                trace_id=_trace_id(span.get_span_context()),
             )
             span.set_attribute("scoregraph.verdict", verdict.name)
             span.set_attribute("scoregraph.degraded", assessment.degraded)
@@ -295,3 +295,8 @@ def _failure_reasons(failures: Sequence[HopFailed]) -> tuple[Reason, ...]:
         )
         for failure in reversed(failures)
     )
+
+
+def _trace_id(context: trace.SpanContext) -> str:
+    """The call's W3C trace id, or "" when it has none (tracing off, and no caller's trace to continue)."""
+    return trace.format_trace_id(context.trace_id) if context.is_valid else ""
