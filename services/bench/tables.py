@@ -99,6 +99,8 @@ def tracing_table(results: BenchResults) -> str:
         rows[-1] += "."
         if key == "unsampled" and (by_process := _by_process(on, base)):
             rows.append(by_process)
+        if key == "off" and (by_process := _by_process_against_off(results)):
+            rows.append(by_process)
     rows.extend(_steady_tracing_lines(results))
     return "\n".join(rows)
 
@@ -134,6 +136,20 @@ def _by_process(on: TracingRun, base: TracingRun) -> str | None:
         + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
         + "."
     )
+
+
+def _by_process_against_off(results: BenchResults) -> str | None:
+    """What tracing being on costs each part of the graph, sampling nothing and sampling every call, against
+    the stack with tracing off: each the median of the rounds'."""
+    off = results.tracing["off"]
+    parts = [
+        f"{how} " + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
+        for key, how in (("unsampled", "sampling nothing"), ("on", "sampling every call"))
+        if (mode := results.tracing.get(key)) is not None and (change := mode.cpu_by_part_change(off))
+    ]
+    if not parts:
+        return None
+    return "Tracing's CPU per call, by process (ms more than tracing off): " + "; ".join(parts) + "."
 
 
 def targets_table(results: BenchResults) -> str:

@@ -41,8 +41,13 @@ def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plo
     )
     assert (
         "Sampled every call / a stack with tracing off: **0.90** at saturation, the median of 3 rounds "
-        "(each sampled turn beside its round's: 0.55 to 1.00); all turns together 0.81; CPU per call +7.1%."
+        "(each sampled turn beside its round's: 0.55 to 1.00); all turns together 0.81; CPU per call +12.0%."
         in report
+    )
+    assert (
+        "Tracing's CPU per call, by process (ms more than tracing off): sampling nothing features +0.10, "
+        "gateway +0.20, tritonserver +0.10; sampling every call features +0.30, gateway +0.50, "
+        "receiver +0.10, tritonserver +0.30." in report
     )
     assert "| on | 163 | 22.02 | 22.02 | 12.00 | - | - |" in report
     # Below saturation: the rounds' CPU per call +4 % and +8 %, their median the figure.
