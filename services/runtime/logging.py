@@ -90,8 +90,9 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
     return event_dict
 
 
-# OpenTelemetry's propagators warn of each malformed member of a caller's `traceparent`, `tracestate` or
-# `baggage`, quoting it: a caller's text, which may hold a secret, and up to 180 lines for one call.
+# OpenTelemetry's propagators warn of each malformed member of a caller's `tracestate` or `baggage`, quoting
+# it: a caller's text, which may hold a secret, and up to 180 lines for one call. (Of a `traceparent` they
+# warn only that it is too long.)
 _TRACE_HEADER_LOGGERS = frozenset(
     {
         "opentelemetry.trace.span",
