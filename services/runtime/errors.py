@@ -60,6 +60,25 @@ class InvalidInput(ServiceError):
         ]
 
 
+class UndecodableRequest(ServiceError):
+    """The caller's request body is not its message type in protobuf's binary format."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message_type: str) -> None:
+        super().__init__(f"invalid request: the body is not a {message_type} message")
+        self.message_type = message_type
+
+    def details(self) -> list[Message]:
+        return [
+            error_details_pb2.ErrorInfo(
+                reason="UNDECODABLE_REQUEST",
+                domain=ERROR_DOMAIN,
+                metadata={"message_type": self.message_type},
+            )
+        ]
+
+
 # Upstream codes a caller can act on by retrying later; any other upstream failure is our fault
 # (e.g. we sent it a bad request), and passing its code on would blame the caller.
 _RETRYABLE_UPSTREAM_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})

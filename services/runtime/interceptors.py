@@ -6,8 +6,9 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
-from services.runtime.errors import ServiceError, UpstreamFailed, to_status
+from services.runtime.errors import ServiceError, UndecodableRequest, UpstreamFailed, to_status
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,11 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         """`behavior` (the method `/package.Service/Method`'s) with this interceptor's work around it."""
         raise NotImplementedError
 
+    def wrap_deserializer(self, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        """The method's request deserializer as this interceptor's handler has it: unchanged unless a subclass
+        says otherwise."""
+        return deserializer
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
@@ -51,7 +57,7 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
             return cached[1]
         wrapped = grpc.unary_unary_rpc_method_handler(
             self.wrap(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=self.wrap_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._handlers[method] = (handler, wrapped)
@@ -68,10 +74,39 @@ class StatusInterceptor(UnaryInterceptor):
     def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         return _mapping_errors(behavior, method)
 
+    def wrap_deserializer(self, deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        return _tolerant(deserializer) if deserializer is not None else None
+
+
+class _Undecodable:
+    """What a request body its message type cannot parse deserializes to, so that the call is answered
+    INVALID_ARGUMENT through the interceptors (grpc would answer UNKNOWN and log a traceback)."""
+
+    __slots__ = ("message_type",)
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # A generated stub's deserializer is the message class's FromString.
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    message_type = getattr(descriptor, "full_name", "the request message")
+
+    def deserialize(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except DecodeError:
+            return _Undecodable(message_type)
+
+    return deserialize
+
 
 def _mapping_errors(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
     async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if type(request) is _Undecodable:
+                raise UndecodableRequest(request.message_type)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise

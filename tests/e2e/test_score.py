@@ -107,6 +107,18 @@ def test_a_request_without_a_transaction_is_refused(gateway):
     assert "transaction" in field_violations(raised.value)
 
 
+def test_a_body_that_is_no_score_request_is_refused_and_the_stack_keeps_serving(stack, gateway, valid):
+    with grpc.insecure_channel(stack.gateway) as channel:
+        score = channel.unary_unary("/scoregraph.gateway.v1.GatewayService/Score")
+        with pytest.raises(grpc.RpcError) as raised:
+            # Cut short: the length of its one field, the transaction, runs past the end.
+            score(valid.SerializeToString()[:-3], timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "scoregraph.gateway.v1.ScoreRequest" in raised.value.details()
+    assert valid.transaction.card_number not in raised.value.details()
+    assert gateway.Score(valid, timeout=5).verdict != gateway_pb2.VERDICT_UNSPECIFIED
+
+
 def test_an_unseen_card_still_gets_a_verdict_with_its_missing_features_reported(gateway, valid):
     request = gateway_pb2.ScoreRequest()
     request.CopyFrom(valid)

@@ -117,3 +117,37 @@ async def test_domain_errors_map_to_status(serve_gateway, error: ServiceError, c
 
     assert await call.code() == code
     assert await call.details() == error.message
+
+
+@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff", b"\x0a\x05abc", b"\x0a\x02\xc3\x28"])
+async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming_its_type(
+    serve_gateway, json_logs: LogCapture, body: bytes
+) -> None:
+    served = []
+
+    async def score(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
+        served.append(request)
+        return gateway_pb2.ScoreResponse()
+
+    channel = await serve_gateway(score)
+    # Raw bytes: truncated, a length past the end, invalid UTF-8 in a string field.
+    call = channel.unary_unary("/scoregraph.gateway.v1.GatewayService/Score")(body, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call.details() == (
+        "invalid request: the body is not a scoregraph.gateway.v1.ScoreRequest message"
+    )
+    [detail] = (await rpc_status.aio.from_call(call)).details
+    info = error_details_pb2.ErrorInfo()
+    assert detail.Unpack(info)
+    assert (info.reason, dict(info.metadata)) == (
+        "UNDECODABLE_REQUEST",
+        {"message_type": "scoregraph.gateway.v1.ScoreRequest"},
+    )
+    assert served == []
+    # A caller's mistake, logged as a failed request: no error line, no traceback.
+    records = json_logs.records()
+    assert ("request failed", "info") in [(r["event"], r["level"]) for r in records]
+    assert [r for r in records if r["level"] in ("warning", "error") or "exception" in r] == []
