@@ -119,7 +119,7 @@ async def test_domain_errors_map_to_status(serve_gateway, error: ServiceError, c
     assert await call.details() == error.message
 
 
-@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff", b"\x0a\x05abc", b"\x0a\x02\xc3\x28"])
+@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff", b"\x0a\x05abc", b"\x0a\x04\x0a\x02\xc3\x28"])
 async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming_its_type(
     serve_gateway, json_logs: LogCapture, body: bytes
 ) -> None:
@@ -130,7 +130,7 @@ async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming
         return gateway_pb2.ScoreResponse()
 
     channel = await serve_gateway(score)
-    # Raw bytes: truncated, a length past the end, invalid UTF-8 in a string field.
+    # Raw bytes: a truncated varint, a length past the end, invalid UTF-8 in transaction.transaction_id.
     call = channel.unary_unary("/scoregraph.gateway.v1.GatewayService/Score")(body, timeout=5)
     with pytest.raises(grpc.aio.AioRpcError):
         await call
