@@ -91,7 +91,7 @@ class _Undecodable:
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     # A generated stub's deserializer is the message class's FromString.
     descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
-    message_type = getattr(descriptor, "full_name", "the request message")
+    message_type = getattr(descriptor, "full_name", "request")
 
     def deserialize(body: bytes) -> Any:
         try:
