@@ -3,6 +3,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -85,15 +86,16 @@ def gateway_settings(**overrides) -> GatewaySettings:
 
 @pytest.fixture
 def make_graph(upstreams, tracer_provider, spans) -> Iterator[Callable[..., ScoreGraph]]:
-    """A ScoreGraph over the fakes; keyword arguments override GatewaySettings fields."""
+    """A ScoreGraph over the fakes; keyword arguments override GatewaySettings fields, `tracer` the tracer
+    (one recording into `spans` by default)."""
     spans.clear()
 
-    def make(**overrides) -> ScoreGraph:
+    def make(*, tracer: trace.Tracer | None = None, **overrides) -> ScoreGraph:
         return ScoreGraph(
             gateway_settings(**overrides),
             **upstreams.replicas(),
             served_model=SERVED_MODEL,
-            tracer=tracer_provider.get_tracer("tests.gateway"),
+            tracer=tracer or tracer_provider.get_tracer("tests.gateway"),
         )
 
     yield make

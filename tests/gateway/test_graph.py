@@ -12,10 +12,8 @@ from structlog.testing import capture_logs
 
 from services.features.keys import DEV_CARD_KEY, card_id
 from services.gateway.assessment import Reason, Verdict
-from services.gateway.graph import ScoreGraph
 from services.predict.client import InvalidFeatures, ModelUnavailable, PredictError, PredictTimeout
 from services.runtime.errors import DeadlineExceeded, InvalidInput, UpstreamFailed
-from tests.gateway.conftest import SERVED_MODEL, gateway_settings
 from tests.gateway.transactions import TEST_PAN, valid_request
 from tests.gateway.upstream_fakes import (
     FEATURE_NAMES,
@@ -387,11 +385,9 @@ async def test_the_span_continues_the_callers_trace(make_graph, upstreams) -> No
     assert assessment.trace_id == "0af7651916cd43dd8448eb211c80319c"
 
 
-async def test_with_tracing_off_a_call_without_a_callers_trace_has_no_trace_id(upstreams) -> None:
+async def test_with_tracing_off_a_call_without_a_callers_trace_has_no_trace_id(make_graph, upstreams) -> None:
     # OpenTelemetry's no-op tracer is what a service with tracing off gets.
-    graph = ScoreGraph(
-        gateway_settings(), **upstreams.replicas(), served_model=SERVED_MODEL, tracer=trace.NoOpTracer()
-    )
+    graph = make_graph(tracer=trace.NoOpTracer())
 
     assessment = await graph.score(valid_request(), budget_s=BUDGET_S)
 
@@ -400,10 +396,8 @@ async def test_with_tracing_off_a_call_without_a_callers_trace_has_no_trace_id(u
     assert all("traceparent" not in call.metadata for call in upstreams.features.calls)
 
 
-async def test_with_tracing_off_the_callers_trace_id_is_passed_on(upstreams) -> None:
-    graph = ScoreGraph(
-        gateway_settings(), **upstreams.replicas(), served_model=SERVED_MODEL, tracer=trace.NoOpTracer()
-    )
+async def test_with_tracing_off_the_callers_trace_id_is_passed_on(make_graph, upstreams) -> None:
+    graph = make_graph(tracer=trace.NoOpTracer())
     caller = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1))
 
     assessment = await graph.score(
