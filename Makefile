@@ -94,7 +94,7 @@ up: build ## start tritonserver and every service; Gateway.Score on localhost:50
 demo: build ## build what is missing, start the stack, score live transactions, show the result, stop
 	$(PY) -m services.stack demo
 
-bench: build ## latency and throughput of the graph beside the floors and the monolith (results/, < 10 min)
+bench: build ## latency and throughput of the graph beside the floors and the monolith (results/, about 14 min)
 	$(PY) -m services.bench
 
 # --- checks --------------------------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ def tracing_table(results: BenchResults) -> str:
         rows[-1] += "."
         if key == "unsampled" and (by_process := _by_process(on, base)):
             rows.append(by_process)
+        if key == "off" and (steps := _steps_from_off(results)):
+            rows.append(steps)
         if key == "off" and (by_process := _by_process_against_off(results)):
             rows.append(by_process)
     rows.extend(_steady_tracing_lines(results))
@@ -138,13 +140,38 @@ def _by_process(on: TracingRun, base: TracingRun) -> str | None:
     )
 
 
+#: The steps from a stack with tracing off to one sampling every call, as the tracing section names them.
+_STEPS_FROM_OFF = (
+    ("propagated", "tracing off, a caller's traceparent passed on"),
+    ("unsampled", "tracing on, sampling nothing"),
+    ("on", "tracing on, sampling every call"),
+)
+
+
+def _steps_from_off(results: BenchResults) -> str | None:
+    """Each mode's rate against tracing off, the median of the rounds' ratios: where along the way from
+    tracing off to sampling every call the throughput goes. None without the propagated mode (the
+    other two have their own lines)."""
+    off, propagated = results.tracing["off"], results.tracing.get("propagated")
+    if propagated is None or not propagated.rate:
+        return None
+    steps = [
+        f"{how}: {mode.ratio(off):.2f}"
+        + ("" if (cpu := mode.cpu_change(off)) is None else f" ({cpu:+.1%} CPU per call)")
+        for key, how in _STEPS_FROM_OFF
+        if (mode := results.tracing.get(key)) is not None and mode.rate
+    ]
+    return "Against tracing off, step by step (each the median of the rounds'): " + "; ".join(steps) + "."
+
+
 def _by_process_against_off(results: BenchResults) -> str | None:
-    """What tracing being on costs each part of the graph, sampling nothing and sampling every call, against
-    the stack with tracing off: each the median of the rounds'."""
+    """What each step from tracing off costs each part of the graph (a traced caller's context passed on,
+    tracing on sampling nothing, sampling every call), against the stack with tracing off: each the
+    median of the rounds'."""
     off = results.tracing["off"]
     parts = [
-        f"{how} " + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
-        for key, how in (("unsampled", "sampling nothing"), ("on", "sampling every call"))
+        f"{how}: " + ", ".join(f"{part} {ms:+.2f}" for part, ms in change.items())
+        for key, how in _STEPS_FROM_OFF
         if (mode := results.tracing.get(key)) is not None and (change := mode.cpu_by_part_change(off))
     ]
     if not parts:

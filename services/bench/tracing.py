@@ -19,6 +19,11 @@ nothing served 0.94 of one with tracing off: tracing on costs something even for
 Every hop carries the `traceparent`, for which grpcio spends 20-35 us of CPU on the server and 20-30 us on
 the client, and each span is made, if not recorded (2-5 us).
 
+A fourth mode parts the two: the stack with tracing off, its calls carrying the same unsampled `traceparent`
+(`PROPAGATED`). OpenTelemetry's API passes a caller's trace context on to every hop with the SDK off, so
+those calls pay the header's transport and parse on every hop, and the ids in the log lines, but make no
+span: what a traced caller costs a stack that does not trace, and the first step of tracing's cost.
+
 Then the traced stack is driven open loop at half its unsampled saturation rate, sampling every call and
 none in turns (`measure_steady_tracing`). At saturation the cores are busy in both modes, so the CPU per
 call there moves with the rate however it falls; at one rate for both modes the difference in CPU per call
@@ -78,6 +83,9 @@ TRACING_OFF = {
 RECEIVER_ENDPOINT = f"http://127.0.0.1:{OTLP_HTTP_PORT}"
 TRACED = "on (100 % sampled)"
 UNSAMPLED = "on, 0 % sampled (same stack)"
+PROPAGATED = "off, the caller's traceparent passed on"
+#: The modes driven on the stack with tracing on: their turns set its Triton servers' tracing to match.
+_TRACED_MODES = frozenset({"unsampled", "on"})
 
 
 #: The span processors' schedule delay in the benchmark's traced stacks: OpenTelemetry's default, what a
@@ -155,7 +163,7 @@ class _Turns:
 
     def turn(self, key: str, drive: Callable[[], Awaitable[RunResult]]) -> Callable[[], Awaitable[RunResult]]:
         async def run() -> RunResult:
-            if key != "off":
+            if key in _TRACED_MODES:
                 await set_triton_tracing(self._traced, key == "on")
             before = self._used(key)
             result = await drive()
@@ -196,8 +204,9 @@ async def measure_tracing(
     concurrency: int,
     settle_s: float = SETTLE_S,
 ) -> dict[str, TracingRun]:
-    """Saturation `on` (every call sampled), `unsampled` (the same stack sampling nothing) and `off` (a
-    stack started with tracing off, up beside `traced`), each driven closed loop with `concurrency` calls in
+    """Saturation `on` (every call sampled), `unsampled` (the same stack sampling nothing), `off` (a stack
+    started with tracing off, up beside `traced`) and `propagated` (that stack, its calls carrying an
+    unsampled `traceparent`, which every hop passes on), each driven closed loop with `concurrency` calls in
     flight for `seconds` in all, in interleaved turns of about SLICE_S after a warm-up, so all modes see the
     same machine. `traced` exports to `receiver`, whose CPU over the runs is charged to the traced calls.
     Each mode's CPU per call is its stack's over its turns and the pause of `settle_s` after each, in all
@@ -209,6 +218,9 @@ async def measure_tracing(
         async with contextlib.AsyncExitStack() as calls:
             call_of = {
                 "off": await calls.enter_async_context(score_call(untraced.gateway, requests)),
+                "propagated": await calls.enter_async_context(
+                    score_call(untraced.gateway, requests, unsampled_trace_context)
+                ),
                 "unsampled": await calls.enter_async_context(
                     score_call(traced.gateway, requests, unsampled_trace_context)
                 ),
@@ -217,7 +229,12 @@ async def measure_tracing(
             calls.push_async_callback(set_triton_tracing, traced, True)
             turns = _Turns(
                 traced,
-                {"off": [untraced.tree], "unsampled": [traced.tree], "on": [traced.tree, receiver.tree]},
+                {
+                    "off": [untraced.tree],
+                    "propagated": [untraced.tree],
+                    "unsampled": [traced.tree],
+                    "on": [traced.tree, receiver.tree],
+                },
                 settle_s,
             )
 
@@ -233,8 +250,8 @@ async def measure_tracing(
                 rounds,
             )
             receiver_cpu = cpu_seconds(receiver.tree) - receiver_before
-    names = {"off": "off", "unsampled": UNSAMPLED, "on": TRACED}
-    results = {key: turns.result(key, names[key], runs[key]) for key in ("off", "unsampled", "on")}
+    names = {"off": "off", "propagated": PROPAGATED, "unsampled": UNSAMPLED, "on": TRACED}
+    results = {key: turns.result(key, names[key], runs[key]) for key in names}
     results["on"].receiver_cpu_per_1000 = receiver_cpu / max(results["on"].run.ok, 1) * 1000
     return _logged(results, f"at saturation ({concurrency} in flight)")
 

@@ -57,6 +57,18 @@ def results(**overrides: Contender) -> BenchResults:
                     {"gateway": 4.9, "features": 2.9, "tritonserver": 1.9},
                 ],
             ),
+            # The stack with tracing off, its calls carrying a caller's traceparent: only the gateway pays.
+            "propagated": TracingRun(
+                "propagated",
+                make_run([20.1] * 100, 199),
+                [205.0, 186.0, 196.0],
+                cpu_per_1000=11.3,
+                turn_cpu_per_1000=[
+                    {"gateway": 4.9, "features": 2.9, "tritonserver": 2.0},
+                    {"gateway": 5.1, "features": 3.0, "tritonserver": 2.0},
+                    {"gateway": 5.0, "features": 2.9, "tritonserver": 1.9},
+                ],
+            ),
             "unsampled": TracingRun(
                 "unsampled",
                 make_run([20.5] * 100, 196),

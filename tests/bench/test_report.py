@@ -44,10 +44,17 @@ def test_the_report_has_every_contender_the_targets_hedging_tracing_and_both_plo
         "(each sampled turn beside its round's: 0.55 to 1.00); all turns together 0.81; CPU per call +12.0%."
         in report
     )
+    # Each mode against tracing off, the median of the rounds': the slowed sampled turn moves none of them.
     assert (
-        "Tracing's CPU per call, by process (ms more than tracing off): sampling nothing features +0.10, "
-        "gateway +0.20, tritonserver +0.10; sampling every call features +0.30, gateway +0.50, "
-        "receiver +0.10, tritonserver +0.30." in report
+        "Against tracing off, step by step (each the median of the rounds'): tracing off, a caller's "
+        "traceparent passed on: 0.98 (+1.0% CPU per call); tracing on, sampling nothing: 0.98 (+4.0% CPU per "
+        "call); tracing on, sampling every call: 0.90 (+12.0% CPU per call)." in report
+    )
+    assert (
+        "Tracing's CPU per call, by process (ms more than tracing off): tracing off, a caller's traceparent "
+        "passed on: features +0.00, gateway +0.10, tritonserver +0.00; tracing on, sampling nothing: "
+        "features +0.10, gateway +0.20, tritonserver +0.10; tracing on, sampling every call: features +0.30, "
+        "gateway +0.50, receiver +0.10, tritonserver +0.30." in report
     )
     assert "| on | 163 | 22.02 | 22.02 | 12.00 | - | - |" in report
     # Below saturation: the rounds' CPU per call +4 % and +8 %, their median the figure.
@@ -135,3 +142,19 @@ def test_the_tracing_section_leaves_out_what_was_not_measured_below_saturation(t
     bench.tracing_steady.clear()
     write_report(tmp_path, bench, MACHINE)
     assert "Below saturation" not in (tmp_path / "report.md").read_text()
+
+
+def test_the_tracing_section_gives_the_steps_from_tracing_off_only_when_the_propagated_mode_ran(tmp_path):
+    bench = results()
+    del bench.tracing["propagated"]
+    write_report(tmp_path, bench, MACHINE)
+    report = (tmp_path / "report.md").read_text()
+
+    assert "step by step" not in report
+    assert "traceparent passed on" not in report
+    # The other modes' lines against tracing off stay.
+    assert "Sampled every call / a stack with tracing off: **0.90**" in report
+    assert (
+        "Tracing's CPU per call, by process (ms more than tracing off): tracing on, sampling nothing: "
+        "features +0.10, gateway +0.20, tritonserver +0.10; tracing on, sampling every call:" in report
+    )

@@ -68,7 +68,7 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
     finally:
         receiver.stop()
 
-    assert set(tracing) == {"off", "unsampled", "on"}
+    assert set(tracing) == {"off", "propagated", "unsampled", "on"}
     for run in tracing.values():
         assert len(run.turn_rates) == 2
         assert run.run.ok > 0 and run.run.errors == 0
