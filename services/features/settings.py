@@ -7,7 +7,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.features.feature_service import FEATURE_REPO
-from services.runtime.settings import ServiceSettings
+from services.runtime.settings import ServiceSettings, Unsettable
 
 
 class FeaturesSettings(ServiceSettings):
@@ -34,7 +34,7 @@ class FeaturesSettings(ServiceSettings):
     """Seconds a Redis connect or read may take before the read fails UNAVAILABLE. The Redis client does
     not retry: the caller's retries and hedges do."""
 
-    read_threads: int | None = Field(default=None, ge=0)
+    read_threads: Unsettable[int] = Field(default=None, ge=0)
     """Threads that run the blocking online store reads; 0 reads on the event loop. Unset: 0 for `sqlite`,
     4 for `redis`. A SQLite read is local CPU work (about 1 ms) that a thread only delays (about 0.3 ms a
     read, measured); a Redis read waits on the network, and a dead server must not stall the event loop's

@@ -104,6 +104,7 @@ class ScoreGraph:
         self._tracer = tracer
         self._card_key = settings.card_key.get_secret_value()
         self._default_budget_s = settings.default_deadline_ms / 1000
+        self._max_budget_s = None if settings.max_deadline_ms is None else settings.max_deadline_ms / 1000
         self._reserve_s = settings.hop_reserve_ms / 1000
         self._fail_on_dependency_failure = settings.on_dependency_failure == "fail"
         self._created_at_window = CreatedAtWindow(settings.max_clock_skew_s, settings.max_transaction_age_s)
@@ -111,11 +112,14 @@ class ScoreGraph:
     async def score(
         self, request: gateway_pb2.ScoreRequest, *, budget_s: float | None, parent: Context | None = None
     ) -> Assessment:
-        """Score `request` within `budget_s` (the default deadline when None), in a span under `parent`."""
+        """Score `request` within `budget_s` (the default deadline when None; the longest allowed when
+        longer), in a span under `parent`."""
         started = time.perf_counter()
-        deadline = Deadline(
-            self._default_budget_s if budget_s is None else budget_s, reserve_s=self._reserve_s
-        )
+        if budget_s is None:
+            budget_s = self._default_budget_s
+        elif self._max_budget_s is not None:
+            budget_s = min(budget_s, self._max_budget_s)
+        deadline = Deadline(budget_s, reserve_s=self._reserve_s)
         with self._span(parent) as span:
             validate_score_request(request, now=time.time(), window=self._created_at_window)
             tx = request.transaction

@@ -2,12 +2,12 @@
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.features.keys import DEV_CARD_KEY
 from services.runtime.resilience import HedgePolicy, RetryPolicy
-from services.runtime.settings import ServiceSettings, UpstreamAddresses
+from services.runtime.settings import ServiceSettings, Unsettable, UpstreamAddresses
 
 DependencyFailurePolicy = Literal["uncertain", "fail"]
 
@@ -42,13 +42,19 @@ class GatewaySettings(ServiceSettings):
     default_deadline_ms: float = Field(default=1000.0, gt=0)
     """Budget of a Score call whose caller set no deadline."""
 
+    max_deadline_ms: Unsettable[float] = Field(default=10000.0, gt=0)
+    """Longest budget a Score call gets, whatever its caller's deadline: a caller that allows minutes or
+    hours is answered within this (UNCERTAIN, or a failure as `on_dependency_failure` says, when a hop runs
+    out of it) rather than held while a replica hangs. At least `default_deadline_ms`. `none`: the caller's
+    deadline, however long."""
+
     hop_reserve_ms: float = Field(default=10.0, ge=0)
     """Time kept back from each downstream call for the gateway's own work after it, so a hop that uses
     its whole timeout still leaves time to answer."""
 
-    max_concurrent_rpcs: int | None = Field(default=256, gt=0)
+    max_concurrent_rpcs: Unsettable[int] = Field(default=256, gt=0)
     """Score calls served at once; further calls fail fast with RESOURCE_EXHAUSTED rather than queue past
-    their deadline. Unset: no limit."""
+    their deadline. `none`: no limit."""
 
     on_dependency_failure: DependencyFailurePolicy = "uncertain"
     """What a failed features, predict or postprocess call does: `uncertain` answers VERDICT_UNCERTAIN
@@ -71,7 +77,7 @@ class GatewaySettings(ServiceSettings):
     features_hedge_floor_ms: float = Field(default=2.0, ge=0)
     """Least hedging delay: faster than this, latency is noise and a backup only adds load."""
 
-    features_hedge_delay_ms: float | None = Field(default=None, ge=0)
+    features_hedge_delay_ms: Unsettable[float] = Field(default=None, ge=0)
     """A fixed hedging delay instead of the adaptive one. Unset: adaptive (`hedge_initial_delay_ms` for the
     first 20 calls)."""
 
@@ -89,7 +95,7 @@ class GatewaySettings(ServiceSettings):
     predict_hedge_floor_ms: float = Field(default=2.0, ge=0)
     """Least hedging delay: faster than this, latency is noise and a backup only adds load."""
 
-    predict_hedge_delay_ms: float | None = Field(default=None, ge=0)
+    predict_hedge_delay_ms: Unsettable[float] = Field(default=None, ge=0)
     """A fixed hedging delay instead of the adaptive one. Unset: adaptive (`hedge_initial_delay_ms` for the
     first 20 calls)."""
 
@@ -107,7 +113,7 @@ class GatewaySettings(ServiceSettings):
     postprocess_hedge_floor_ms: float = Field(default=2.0, ge=0)
     """Least hedging delay: faster than this, latency is noise and a backup only adds load."""
 
-    postprocess_hedge_delay_ms: float | None = Field(default=None, ge=0)
+    postprocess_hedge_delay_ms: Unsettable[float] = Field(default=None, ge=0)
     """A fixed hedging delay instead of the adaptive one. Unset: adaptive (`hedge_initial_delay_ms` for the
     first 20 calls)."""
 
@@ -141,6 +147,15 @@ class GatewaySettings(ServiceSettings):
     replica_ejection_ms: float = Field(default=500.0, ge=0)
     """How long a replica that answered UNAVAILABLE (down, draining) or let a call time out (hung) gets no
     calls while others can take them."""
+
+    @model_validator(mode="after")
+    def _default_deadline_within_the_cap(self) -> "GatewaySettings":
+        if self.max_deadline_ms is not None and self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError(
+                f"default_deadline_ms ({self.default_deadline_ms:g}) must not exceed max_deadline_ms "
+                f"({self.max_deadline_ms:g})"
+            )
+        return self
 
     def hedge_policy(self, hop: str) -> HedgePolicy:
         delay_ms = getattr(self, f"{hop}_hedge_delay_ms")

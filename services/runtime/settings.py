@@ -1,6 +1,6 @@
 """Settings every scoregraph service shares, read from environment variables."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +27,19 @@ UpstreamAddresses = Annotated[
     list[str], NoDecode, BeforeValidator(_split_addresses), AfterValidator(_check_addresses)
 ]
 """Replica addresses of one upstream, from `host:port,host:port`; each call may go to any of them."""
+
+_T = TypeVar("_T")
+
+
+def _unset_as_none(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    return value
+
+
+Unsettable = Annotated[_T | None, BeforeValidator(_unset_as_none)]
+"""A setting that may be unset (None): an environment variable says so with `none` (any case), which would
+otherwise be refused as not a number."""
 
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -62,7 +75,7 @@ class ServiceSettings(BaseSettings):
     grace_period_s: float = Field(default=10.0, ge=0)
     """Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled."""
 
-    max_concurrent_rpcs: int | None = Field(default=None, gt=0)
+    max_concurrent_rpcs: Unsettable[int] = Field(default=None, gt=0)
     """RPCs served at once; further calls fail fast with RESOURCE_EXHAUSTED. Unset: no limit."""
 
     fault_delay_ms: float = Field(default=0.0, ge=0)

@@ -333,6 +333,37 @@ async def test_without_a_caller_deadline_the_default_is_the_budget(make_graph, u
     assert 0.2 < features.timeout_s <= served_timeout_ceiling(0.29)
 
 
+async def test_a_caller_deadline_past_the_longest_allowed_is_cut_to_it(make_graph, upstreams) -> None:
+    graph = make_graph(max_deadline_ms=300, default_deadline_ms=200, hop_reserve_ms=10)
+    await graph.score(valid_request(), budget_s=3600.0)
+
+    [features] = upstreams.features.calls
+    assert 0.2 < features.timeout_s <= served_timeout_ceiling(0.29)
+    [predict] = upstreams.predictor.calls
+    assert 0.2 < predict.timeout_s <= 0.29
+
+
+async def test_a_hung_hop_under_an_hour_long_deadline_degrades_within_the_longest_allowed(
+    make_graph, upstreams
+) -> None:
+    upstreams.features.answer = slow(3600.0, features_answer())
+    graph = make_graph(max_deadline_ms=300, default_deadline_ms=200, hop_reserve_ms=60)
+    started = time.monotonic()
+
+    assessment = await graph.score(valid_request(), budget_s=3600.0)
+
+    assert time.monotonic() - started < 0.3
+    assert (assessment.verdict, assessment.degraded) == (Verdict.UNCERTAIN, True)
+    assert [reason.code for reason in assessment.reasons] == ["POSTPROCESS_FAILED", "FEATURES_FAILED"]
+
+
+async def test_without_a_longest_deadline_the_caller_deadline_is_the_budget(make_graph, upstreams) -> None:
+    await make_graph(max_deadline_ms=None).score(valid_request(), budget_s=3600.0)
+
+    [features] = upstreams.features.calls
+    assert features.timeout_s > 3500
+
+
 async def test_invalid_input_calls_no_hop(make_graph, upstreams) -> None:
     with pytest.raises(InvalidInput):
         await make_graph().score(valid_request(card_number="4111111111111112"), budget_s=BUDGET_S)

@@ -73,13 +73,24 @@ async def test_bad_input_names_every_field_and_never_the_card_number(serve, upst
 
 
 async def test_the_callers_deadline_reaches_the_hops(serve, upstreams) -> None:
-    gateway = await serve(default_deadline_ms=60_000)
+    gateway = await serve(default_deadline_ms=8_000)
 
     await gateway.Score(valid_request(), timeout=2)
 
     [call] = upstreams.features.calls
-    # The caller's 2 s, not the 60 s default; gRPC's timeout encoding may round the hop's view up a little.
+    # The caller's 2 s, not the 8 s default; gRPC's timeout encoding may round the hop's view up a little.
     assert 1.5 < call.timeout_s < 2.5
+
+
+async def test_a_callers_hour_long_deadline_reaches_the_hops_cut_to_the_longest_allowed(
+    serve, upstreams
+) -> None:
+    gateway = await serve(default_deadline_ms=200, max_deadline_ms=400)
+
+    await gateway.Score(valid_request(), timeout=3600)
+
+    [call] = upstreams.features.calls
+    assert 0.3 < call.timeout_s < 0.45
 
 
 async def test_the_callers_trace_continues_through_every_hop(serve, upstreams) -> None:
