@@ -86,7 +86,9 @@ Gateway.Score at saturation (closed loop, {machine["saturation_concurrency"]} ca
 stack, every call traced in every process (Triton included) and exported over OTLP/HTTP to a receiver in a
 process of its own on the same cores; on the same stack sampling nothing (each call's `traceparent` says
 "not sampled", and Triton's trace level is OFF for those turns); and on a stack with tracing off up beside
-it. The three are driven in turns of a few seconds, each followed by a pause in which the traced stack
+it, its calls with and without that `traceparent` (which OpenTelemetry passes on to every hop with tracing
+off: what a traced caller costs a stack that does not trace). The four are driven in turns of a few
+seconds, each followed by a pause in which the traced stack
 exports what is left (its span processors' schedule delay is {machine["bsp_schedule_delay_ms"]} ms,
 OpenTelemetry's default: they export every 512 spans or when that long has passed). Two targets: against
 the same stack sampling nothing, sampling's own cost (two stacks, both with tracing off, differed by 3-9 %
