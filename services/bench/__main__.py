@@ -13,10 +13,9 @@ Each is driven one call at a time (its latency floor), then open loop at rates t
 saturation. Then: the graph at half its saturation rate; hedging on and off with one slow features replica,
 beside the healthy stack; the graph's saturation with tracing at 100 % sampling, sampling nothing and, on a
 stack of its own, off, its calls with and without a caller's traceparent; sampling every call and none at a
-steady half of that saturation rate. Each of these
-comparisons drives its contenders in turns of a few seconds, with their stacks up side by side, so they share
-what the machine's neighbours do. The report (markdown with issue #6's targets, and PNG plots) goes to
-results/bench-<time>/.
+steady half of that saturation rate. Each of these comparisons drives its contenders in turns of a few
+seconds, with their stacks up side by side, so they share what the machine's neighbours do. The report
+(markdown with issue #6's targets, and PNG plots) goes to results/bench-<time>/.
 """
 
 from __future__ import annotations
@@ -88,7 +87,8 @@ PLANS = {
         SweepPlan(step_s=5.0, floor_calls=1000, warmup_calls=200, factor=1.6, resolution=1.25, max_steps=8),
         hedging_rate=25,
         hedging_s=32.0,
-        # Ten rounds of the four tracing modes: the median of ten turn ratios holds still where four did not.
+        # Ten rounds of the four tracing modes: the median of ten turn ratios holds still where that of four
+        # rounds did not.
         saturation_s=25.0,
     ),
     "quick": BenchPlan(

@@ -84,17 +84,16 @@ one per call (hedges and retries), from each gateway's own counters.
 ## Tracing at 100 % sampling
 Gateway.Score at saturation (closed loop, {machine["saturation_concurrency"]} calls in flight) on the graph's
 stack, every call traced in every process (Triton included) and exported over OTLP/HTTP to a receiver in a
-process of its own on the same cores; on the same stack sampling nothing (each call's `traceparent` says
-"not sampled", and Triton's trace level is OFF for those turns); and on a stack with tracing off up beside
-it, its calls with and without that `traceparent` (which OpenTelemetry passes on to every hop with tracing
-off: what a traced caller costs a stack that does not trace). The four are driven in turns of a few
-seconds, each followed by a pause in which the traced stack
-exports what is left (its span processors' schedule delay is {machine["bsp_schedule_delay_ms"]} ms,
-OpenTelemetry's default: they export every 512 spans or when that long has passed). Two targets: against
-the same stack sampling nothing, sampling's own cost (two stacks, both with tracing off, differed by 3-9 %
-in the same kind of run on a busy machine, more than the 10 % judged); and against the stack with tracing
-off, what a user turning tracing on sees, the cost of tracing being on for calls it does not sample (a
-`traceparent` on every hop, spans made if not recorded) included.
+process of its own on the same cores; on the same stack sampling nothing (each call's `traceparent` says "not
+sampled", and Triton's trace level is OFF for those turns); and on a stack with tracing off up beside it, its
+calls with and without that `traceparent` (which OpenTelemetry passes on to every hop with tracing off: what a
+traced caller costs a stack that does not trace). The four are driven in turns of a few seconds, each followed
+by a pause in which the traced stack exports what is left (its span processors' schedule delay is
+{machine["bsp_schedule_delay_ms"]} ms, OpenTelemetry's default: they export every 512 spans or when that long
+has passed). Two targets: against the same stack sampling nothing, sampling's own cost (two stacks, both with
+tracing off, differed by 3-9 % in the same kind of run on a busy machine, more than the 10 % judged); and
+against the stack with tracing off, what a user turning tracing on sees, the cost of tracing being on for
+calls it does not sample (a `traceparent` on every hop, spans made if not recorded) included.
 
 {tracing_table(results)}
 

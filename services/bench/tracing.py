@@ -19,10 +19,10 @@ nothing served 0.94 of one with tracing off: tracing on costs something even for
 Every hop carries the `traceparent`, for which grpcio spends 20-35 us of CPU on the server and 20-30 us on
 the client, and each span is made, if not recorded (2-5 us).
 
-A fourth mode parts the two: the stack with tracing off, its calls carrying the same unsampled `traceparent`
-(`PROPAGATED`). OpenTelemetry's API passes a caller's trace context on to every hop with the SDK off, so
-those calls pay the header's transport and parse on every hop, and the ids in the log lines, but make no
-span: what a traced caller costs a stack that does not trace, and the first step of tracing's cost.
+A fourth mode tells those two apart: the stack with tracing off, its calls carrying the same unsampled
+`traceparent` (`PROPAGATED`). OpenTelemetry's API passes a caller's trace context on to every hop with the SDK
+off, so those calls pay the header's transport and parse on every hop, and the ids in the log lines, but make
+no span: what a traced caller costs a stack that does not trace, and the first step of tracing's cost.
 
 Then the traced stack is driven open loop at half its unsampled saturation rate, sampling every call and
 none in turns (`measure_steady_tracing`). At saturation the cores are busy in both modes, so the CPU per
