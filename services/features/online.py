@@ -205,6 +205,9 @@ def open_online_store(settings: FeaturesSettings) -> FeatureStore:
     return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
 
 
+_CONVERTED = ", ".join(sorted(USD_RATES))
+
+
 def request_violations(request: FeatureRequest, feature_services: Container[str]) -> list[FieldViolation]:
     """Everything wrong with a request at once, so the caller can fix it in one round."""
     violations = []
@@ -214,7 +217,10 @@ def request_violations(request: FeatureRequest, feature_services: Container[str]
         violations.append(FieldViolation("entity_keys.card_id", "required"))
     if request.values.currency_code not in USD_RATES:
         violations.append(
-            FieldViolation("request_values.currency_code", "not a currency the features service converts")
+            FieldViolation(
+                "request_values.currency_code",
+                f"not a currency the features service converts to USD (it converts {_CONVERTED})",
+            )
         )
     if request.event_time is None:
         violations.append(FieldViolation("request_values.event_time", "required"))

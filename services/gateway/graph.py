@@ -19,7 +19,7 @@ from services.gateway.assessment import Assessment, Reason, Verdict
 from services.gateway.codec import UnknownLabel, decode_label
 from services.gateway.deadline import Deadline
 from services.gateway.settings import GatewaySettings
-from services.gateway.translate import summarize_features, translate_transaction
+from services.gateway.translate import callers_violations, summarize_features, translate_transaction
 from services.gateway.validation import CreatedAtWindow, validate_score_request
 from services.predict.client import (
     InvalidFeatures,
@@ -29,7 +29,13 @@ from services.predict.client import (
     PredictTimeout,
     ServedModel,
 )
-from services.runtime.errors import DeadlineExceeded, UpstreamFailed
+from services.runtime.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    InvalidInput,
+    UpstreamFailed,
+    field_violations_in,
+)
 from services.runtime.resilience import (
     DEGRADED_VERDICTS,
     Attempt,
@@ -66,11 +72,15 @@ class Predictor(Protocol):
 class HopFailed(Exception):
     """A hop gave no usable answer; the policy decides whether the request degrades or fails."""
 
-    def __init__(self, hop: str, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, hop: str, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+    ) -> None:
         super().__init__(f"{hop} failed: {code.name}")
         self.hop = hop
         self.code = code
         self.message = message
+        self.violations = tuple(violations)
+        """The fields of the hop's request an INVALID_ARGUMENT named."""
 
 
 class ScoreGraph:
@@ -78,8 +88,9 @@ class ScoreGraph:
 
     Every hop gets what remains of the caller's deadline, less a reserve for the gateway's work after it,
     and is hedged and retried across the hop's replicas (HedgedCall). A failing hop degrades the verdict to
-    UNCERTAIN or fails the call, as `on_dependency_failure` says; an upstream's INVALID_ARGUMENT always
-    fails it, since it means the gateway sent a malformed request.
+    UNCERTAIN or fails the call, as `on_dependency_failure` says. An upstream's INVALID_ARGUMENT always
+    fails it: as the caller's INVALID_ARGUMENT when the features service refused values the caller sent
+    (named as the caller's fields), else as the gateway's own error, since it sent a malformed request.
     """
 
     def __init__(
@@ -181,14 +192,22 @@ class ScoreGraph:
         return self._tracer.start_as_current_span("score", context=parent)
 
     def _fail_unless_degradable(self, failure: HopFailed) -> None:
-        if self._fail_on_dependency_failure or failure.code is grpc.StatusCode.INVALID_ARGUMENT:
+        if failure.code is grpc.StatusCode.INVALID_ARGUMENT:
+            # The features service refusing a value the caller sent (a currency it cannot convert) is the
+            # caller's to fix, and is told in the caller's terms; anything else it refuses, or another hop
+            # refuses, the gateway made, so it is the gateway's error.
+            caller = callers_violations(failure.violations) if failure.hop == FEATURES else None
+            if caller:
+                raise InvalidInput(caller) from failure
+            raise UpstreamFailed(failure.hop, failure.code, failure.message) from failure
+        if self._fail_on_dependency_failure:
             raise UpstreamFailed(failure.hop, failure.code, failure.message) from failure
 
     async def _call(self, hop: HedgedCall[T], attempt: Attempt[T, R], deadline: Deadline) -> R:
         try:
             return await hop(attempt, deadline)
         except AttemptFailed as failure:
-            raise HopFailed(hop.hop, failure.code, failure.message) from failure
+            raise HopFailed(hop.hop, failure.code, failure.message, failure.violations) from failure
 
     async def _read_features(
         self, tx: gateway_pb2.Transaction, deadline: Deadline
@@ -278,7 +297,13 @@ def _grpc_attempt(method: Callable[[Any], Any], request: Message):
         try:
             return await method(stub)(request, timeout=timeout_s, metadata=tuple(headers.items()))
         except grpc.aio.AioRpcError as error:
-            raise AttemptFailed(error.code(), error.details() or "") from error
+            code = error.code()
+            violations = (
+                field_violations_in(error.trailing_metadata())
+                if code is grpc.StatusCode.INVALID_ARGUMENT
+                else ()
+            )
+            raise AttemptFailed(code, error.details() or "", violations=violations) from error
 
     return attempt
 

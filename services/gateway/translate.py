@@ -3,11 +3,14 @@
 This is where the card number stops: past `translate_transaction` there is only its keyed hash.
 """
 
+from collections.abc import Sequence
+
 from scoregraph.features.v1 import features_pb2
 from scoregraph.gateway.v1 import gateway_pb2
 from scoregraph.postprocess.v1 import postprocess_pb2
 
 from services.features.keys import card_id
+from services.runtime.errors import FieldViolation
 
 # The features API spells channels without the gateway's enum prefix, so that it does not depend on it.
 _CHANNEL_NAMES = {
@@ -39,6 +42,35 @@ def translate_transaction(
             channel=_CHANNEL_NAMES[tx.channel],
         ),
     )
+
+
+#: Where each field of the feature read that comes from the caller's transaction comes from, as the
+#: caller's code spells it. The entity key `card_id` is not here: it is a hash the gateway makes, which a
+#: caller cannot get wrong, and neither is `feature_service`, the gateway's own setting.
+_CALLERS_FIELDS = {
+    "entity_keys.merchant_id": "transaction.merchant_id",
+    "entity_keys.device_id": "transaction.device_id",
+    "request_values.amount_minor": "transaction.amount.amount_minor",
+    "request_values.currency_code": "transaction.amount.currency_code",
+    "request_values.event_time": "transaction.created_at",
+    "request_values.card_country": "transaction.card_country",
+    "request_values.merchant_country": "transaction.merchant_country",
+    "request_values.ip_country": "transaction.ip_country",
+    "request_values.channel": "transaction.channel",
+}
+
+
+def callers_violations(violations: Sequence[FieldViolation]) -> list[FieldViolation] | None:
+    """The features service's field violations of a feature read, each naming the caller's field it was
+    translated from; None when there are none, or when any names a field the gateway made (the fault is
+    then the gateway's, not the caller's)."""
+    fields = [_CALLERS_FIELDS.get(violation.field) for violation in violations]
+    if not violations or None in fields:
+        return None
+    return [
+        FieldViolation(field, violation.description)
+        for field, violation in zip(fields, violations, strict=True)
+    ]
 
 
 def summarize_features(response: features_pb2.GetFeaturesResponse) -> postprocess_pb2.FeatureSummary:

@@ -4,10 +4,11 @@ Service logic raises these and knows nothing of gRPC status codes; `StatusInterc
 interceptors.py) calls `to_status` on whatever escapes a servicer.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -134,3 +135,27 @@ def to_status(error: ServiceError) -> grpc.Status:
     for detail in error.details():
         status.details.add().Pack(detail)
     return rpc_status.to_status(status)
+
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def field_violations_in(
+    trailing_metadata: Sequence[tuple[str, str | bytes]] | None,
+) -> tuple[FieldViolation, ...]:
+    """The `google.rpc.BadRequest` field violations an upstream's status details carry (what `to_status`
+    sent for an InvalidInput); none when the details are absent or unreadable."""
+    for key, value in trailing_metadata or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return ()
+        violations = []
+        for detail in status.details:
+            bad_request = error_details_pb2.BadRequest()
+            if detail.Unpack(bad_request):
+                violations += [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
+        return tuple(violations)
+    return ()

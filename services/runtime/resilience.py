@@ -26,7 +26,7 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from services.runtime.errors import DeadlineExceeded
+from services.runtime.errors import DeadlineExceeded, FieldViolation
 
 log = structlog.get_logger(__name__)
 
@@ -84,11 +84,20 @@ WON, CANCELLED, FAILED = "won", "cancelled", "failed"
 class AttemptFailed(Exception):
     """One attempt at a hop failed with a gRPC status (the hop's client turns its own errors into this)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, replica: str = "") -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        replica: str = "",
+        violations: Sequence[FieldViolation] = (),
+    ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
         self.replica = replica
+        self.violations = tuple(violations)
+        """The fields of the hop's request an INVALID_ARGUMENT named (its `google.rpc.BadRequest`)."""
 
 
 class Budget(Protocol):

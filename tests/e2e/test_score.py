@@ -19,6 +19,7 @@ from scoregraph.gateway.v1 import gateway_pb2
 
 from services.stack.topology import REPO, processes
 from services.stack.traffic import fraud_enriched_sample, score_request
+from services.synthetic.transactions import USD_RATES
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +98,25 @@ def test_bad_input_is_refused_naming_the_field_and_the_stack_keeps_serving(gatew
     violations = field_violations(raised.value)
     assert field in violations, violations
     assert valid.transaction.card_number not in str(violations) + raised.value.details()
+    assert gateway.Score(valid, timeout=5).verdict != gateway_pb2.VERDICT_UNSPECIFIED
+
+
+def test_a_currency_the_gateway_accepts_and_the_features_service_cannot_convert_names_the_callers_field(
+    gateway, valid
+):
+    assert "JPY" not in USD_RATES, "pick a currency the features service does not convert"
+    request = gateway_pb2.ScoreRequest()
+    request.CopyFrom(valid)
+    request.transaction.amount.currency_code = "JPY"  # ISO 4217, so the gateway's validation passes it
+
+    with pytest.raises(grpc.RpcError) as raised:
+        gateway.Score(request, timeout=5)
+
+    # The caller's to fix, said in the caller's terms: not an INTERNAL "features failed".
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(raised.value)
+    assert list(violations) == ["transaction.amount.currency_code"]
+    assert "USD" in violations["transaction.amount.currency_code"]
     assert gateway.Score(valid, timeout=5).verdict != gateway_pb2.VERDICT_UNSPECIFIED
 
 

@@ -26,6 +26,7 @@ from services.features.online import (
 )
 from services.features.settings import FeaturesSettings
 from services.predict.contract import FeatureContract
+from services.synthetic.transactions import USD_RATES
 
 EVENT_MS = 1_800_000_000_000
 DAY_MS = 86_400_000
@@ -151,6 +152,9 @@ def test_a_currency_without_a_usd_rate_is_refused(currency) -> None:
     [violation] = request_violations(bad, {"fraud_model_v1"})
 
     assert violation.field == "request_values.currency_code"
+    # What it does convert, for the caller to see (the gateway passes it on); never the value sent.
+    assert all(code in violation.description for code in USD_RATES)
+    assert not currency or currency not in violation.description
 
 
 def test_minor_units_convert_to_usd_as_the_offline_tables_do() -> None:

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from services.features.keys import DEV_CARD_KEY, card_id
 from services.gateway.assessment import Reason, Verdict
 from services.predict.client import InvalidFeatures, ModelUnavailable, PredictError, PredictTimeout
-from services.runtime.errors import DeadlineExceeded, InvalidInput, UpstreamFailed
+from services.runtime.errors import DeadlineExceeded, FieldViolation, InvalidInput, UpstreamFailed
 from tests.gateway.transactions import TEST_PAN, valid_request
 from tests.gateway.upstream_fakes import (
     FEATURE_NAMES,
@@ -25,6 +25,7 @@ from tests.gateway.upstream_fakes import (
     features_answer,
     label_answer,
     raising,
+    refusing,
     slow,
 )
 
@@ -240,6 +241,41 @@ async def test_upstream_invalid_argument_is_an_internal_error_not_retried(make_g
     assert {name: len(made) for name, made in calls.items()} == {
         name: int(position <= HOPS.index(hop)) for position, name in enumerate(HOPS)
     }
+
+
+@pytest.mark.parametrize("on_dependency_failure", ["uncertain", "fail"])
+async def test_a_value_the_features_service_refuses_is_the_callers_invalid_argument_naming_their_field(
+    make_graph, upstreams, on_dependency_failure
+) -> None:
+    upstreams.features.answer = refusing(
+        FieldViolation("request_values.currency_code", "not a currency the features service converts")
+    )
+
+    with pytest.raises(InvalidInput) as raised:
+        await make_graph(on_dependency_failure=on_dependency_failure).score(
+            valid_request(), budget_s=BUDGET_S
+        )
+
+    assert raised.value.violations == [
+        FieldViolation("transaction.amount.currency_code", "not a currency the features service converts")
+    ]
+    # Not retried, not hedged, and nothing scored.
+    assert len(upstreams.features.calls) == 1
+    assert upstreams.predictor.calls == upstreams.postprocess.calls == []
+
+
+async def test_a_field_the_gateway_made_refused_by_the_features_service_is_an_internal_error(
+    make_graph, upstreams
+) -> None:
+    upstreams.features.answer = refusing(
+        FieldViolation("request_values.currency_code", "not a currency the features service converts"),
+        FieldViolation("feature_service", "not a feature service of this store"),
+    )
+
+    with pytest.raises(UpstreamFailed) as raised:
+        await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    assert (raised.value.hop, raised.value.code) == ("features", grpc.StatusCode.INTERNAL)
 
 
 async def test_a_deadline_too_short_calls_no_hop(make_graph, upstreams) -> None:

@@ -1,10 +1,17 @@
 import math
 
+import pytest
 from scoregraph.features.v1 import features_pb2
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.features.keys import card_id
-from services.gateway.translate import summarize_features, translate_transaction
+from services.gateway.translate import (
+    _CALLERS_FIELDS,
+    callers_violations,
+    summarize_features,
+    translate_transaction,
+)
+from services.runtime.errors import FieldViolation
 from tests.gateway.transactions import TEST_PAN, valid_request
 
 CARD_KEY = "test-card-key"
@@ -88,3 +95,49 @@ def test_feature_summary_counts_and_names_by_status_in_model_order() -> None:
     assert (summary.present_count, summary.missing_count, summary.stale_count) == (2, 2, 1)
     assert list(summary.missing_features) == ["b", "d"]
     assert list(summary.stale_features) == ["c"]
+
+
+def _field(message, path: str):
+    for name in path.split("."):
+        message = getattr(message, name)
+    return message
+
+
+def test_the_features_services_violations_name_the_callers_fields() -> None:
+    violations = [
+        FieldViolation("request_values.currency_code", "not a currency the features service converts"),
+        FieldViolation("request_values.event_time", "required"),
+    ]
+
+    assert callers_violations(violations) == [
+        FieldViolation("transaction.amount.currency_code", "not a currency the features service converts"),
+        FieldViolation("transaction.created_at", "required"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[], ["feature_service"], ["entity_keys.card_id"], ["request_values.currency_code", "feature_service"]],
+)
+def test_a_violation_of_a_field_the_gateway_made_is_none_of_the_callers(fields: list[str]) -> None:
+    assert callers_violations([FieldViolation(field, "wrong") for field in fields]) is None
+
+
+@pytest.mark.parametrize("features_field", sorted(_CALLERS_FIELDS))
+def test_each_field_named_the_callers_is_translated_from_it(features_field: str) -> None:
+    request = valid_request()
+    before = translate_transaction(request.transaction, "key", "svc")
+    callers_path = _CALLERS_FIELDS[features_field].removeprefix("transaction.")
+    *parents, leaf = callers_path.split(".")
+    owner = _field(request.transaction, ".".join(parents)) if parents else request.transaction
+    value = getattr(owner, leaf)
+    if isinstance(value, str):
+        setattr(owner, leaf, value + "X")
+    elif isinstance(value, int):
+        setattr(owner, leaf, value % 3 + 1 if leaf == "channel" else value + 1)
+    else:
+        value.seconds += 1
+
+    after = translate_transaction(request.transaction, "key", "svc")
+
+    assert _field(after, features_field) != _field(before, features_field)

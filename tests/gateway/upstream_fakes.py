@@ -16,6 +16,7 @@ from scoregraph.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
 
 from services.predict.client import PredictError, PredictResult, ServedModel
 from services.predict.contract import FeatureContract
+from services.runtime.errors import FieldViolation, InvalidInput, to_status
 
 FEATURE_SERVICE = "fraud_v1"
 FEATURE_NAMES = ("amount_eur", "txn_count_1h", "card_age_days")
@@ -68,6 +69,16 @@ def label_answer(label: int = postprocess_pb2.LABEL_SUSPICIOUS, *reasons: tuple[
 def failing(code: grpc.StatusCode) -> Answer:
     async def answer(request, context):
         await context.abort(code, f"scripted {code.name}")
+
+    return answer
+
+
+def refusing(*violations: FieldViolation) -> Answer:
+    """INVALID_ARGUMENT naming fields of the hop's request, as the real services send it."""
+
+    async def answer(request, context):
+        status = to_status(InvalidInput(list(violations)))
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     return answer
 

@@ -12,6 +12,8 @@ from services.runtime.errors import (
     Overloaded,
     ServiceError,
     UpstreamFailed,
+    field_violations_in,
+    to_status,
 )
 from tests.runtime.conftest import LogCapture
 
@@ -151,3 +153,24 @@ async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming
     records = json_logs.records()
     assert ("request failed", "info") in [(r["event"], r["level"]) for r in records]
     assert [r for r in records if r["level"] in ("warning", "error") or "exception" in r] == []
+
+
+async def test_field_violations_are_read_back_from_the_status_details_they_were_sent_in() -> None:
+    violations = [FieldViolation("request_values.currency_code", "not converted"), FieldViolation("a.b", "c")]
+    status = to_status(InvalidInput(violations))
+
+    assert field_violations_in((("x-other", "1"), *status.trailing_metadata)) == tuple(violations)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        None,
+        (),
+        (("grpc-status-details-bin", b"\xff\xff\xff"),),
+        to_status(UpstreamFailed("features", grpc.StatusCode.UNAVAILABLE, "down")).trailing_metadata,
+    ],
+    ids=["none", "empty", "unreadable", "no-bad-request"],
+)
+async def test_status_details_without_field_violations_give_none(metadata) -> None:
+    assert field_violations_in(metadata) == ()
