@@ -23,6 +23,7 @@ from services.gateway.translate import callers_violations, summarize_features, t
 from services.gateway.validation import CreatedAtWindow, validate_score_request
 from services.predict.client import (
     InvalidFeatures,
+    InvalidScores,
     ModelUnavailable,
     PredictError,
     PredictResult,
@@ -57,6 +58,9 @@ _PREDICT_ERROR_CODES = (
     (PredictTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (InvalidFeatures, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # A model that answers no probability is the predict hop failing: the verdict degrades to UNCERTAIN,
+    # where a score passed on would be refused by postprocess and fail the call.
+    (InvalidScores, grpc.StatusCode.INTERNAL),
 )
 
 

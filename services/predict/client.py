@@ -34,6 +34,23 @@ class PredictTimeout(PredictError, TimeoutError):
     """The call ran past its timeout."""
 
 
+class InvalidScores(PredictError):
+    """The model answered something other than one fraud probability, in [0, 1], per row it was given."""
+
+
+def scores_of(output: np.ndarray | None, rows: int, model: str) -> np.ndarray:
+    """The fraud probabilities in the model's output tensor for `rows` rows; InvalidScores (naming
+    `model`) when it is missing, of another shape, or holds a value that is no probability (NaN, or a logit
+    exported in its place)."""
+    if output is None or output.ndim != 2 or output.shape[0] != rows or output.shape[1] < 1:
+        shape = None if output is None else output.shape
+        raise InvalidScores(f"{model} answered {OUTPUT_TENSOR} of shape {shape} for {rows} rows")
+    scores = output[:, 0]
+    if not np.all((scores >= 0.0) & (scores <= 1.0)):  # NaN fails both
+        raise InvalidScores(f"{model} answered scores outside [0, 1]: {scores.tolist()[:4]}")
+    return scores
+
+
 _ERRORS_BY_STATUS: dict[str, type[PredictError]] = {
     "StatusCode.INVALID_ARGUMENT": InvalidFeatures,
     "StatusCode.NOT_FOUND": ModelUnavailable,
@@ -161,9 +178,9 @@ class PredictClient:
             self._abandon(rpc)
             raise
         response = result.get_response()
-        return PredictResult(
-            result.as_numpy(OUTPUT_TENSOR)[:, 0], response.model_name, response.model_version
-        )
+        model = f"{response.model_name} version {response.model_version}"
+        scores = scores_of(result.as_numpy(OUTPUT_TENSOR), features.shape[0], model)
+        return PredictResult(scores, response.model_name, response.model_version)
 
     def _abandon(self, rpc: asyncio.Future) -> None:
         if rpc.done():

@@ -12,7 +12,13 @@ from structlog.testing import capture_logs
 
 from services.features.keys import DEV_CARD_KEY, card_id
 from services.gateway.assessment import Reason, Verdict
-from services.predict.client import InvalidFeatures, ModelUnavailable, PredictError, PredictTimeout
+from services.predict.client import (
+    InvalidFeatures,
+    InvalidScores,
+    ModelUnavailable,
+    PredictError,
+    PredictTimeout,
+)
 from services.runtime.errors import DeadlineExceeded, FieldViolation, InvalidInput, UpstreamFailed
 from tests.gateway.transactions import TEST_PAN, valid_request
 from tests.gateway.upstream_fakes import (
@@ -144,6 +150,7 @@ async def test_failed_features_go_to_postprocess_as_a_failed_hop(make_graph, ups
         (ModelUnavailable("fraud_mlp version 3 is not loaded"), "UNAVAILABLE"),
         (PredictTimeout("ran past 20 ms"), "DEADLINE_EXCEEDED"),
         (PredictError("Triton said INTERNAL"), "UNKNOWN"),
+        (InvalidScores("fraud_mlp version 3 answered scores outside [0, 1]: [nan]"), "INTERNAL"),
     ],
 )
 async def test_failed_predict_goes_to_postprocess_with_the_features(
