@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from services.stack.supervisor import serving, wait_until_serving
+from services.stack.supervisor import ports_in_use, serving, wait_until_serving
 from services.stack.topology import REPO, StackSettings, process_env, processes
 
 #: First port of each benchmark stack: a stack takes the 470 ports from there (see stack_ports), a second
@@ -234,8 +234,16 @@ def start_stack(
             if k.startswith("SCOREGRAPH_STACK_")
         }
     )
+    # Another stack serving on these ports would pass the health checks below while this one exits.
+    refusal = ports_in_use(settings)
+    if refusal:
+        raise RuntimeError(f"cannot start a stack: {refusal}")
     stack = LocalStack(settings, extra, log)
-    pending = wait_until_serving([p.health_address for p in processes(settings)], settings.ready_timeout_s)
+    pending = wait_until_serving(
+        [p.health_address for p in processes(settings)],
+        settings.ready_timeout_s,
+        stopped=lambda: stack.process.poll() is not None,
+    )
     if pending or stack.process.poll() is not None:
         stack.stop()
         where = f" (each process's own output: {service_log_dir(log)})" if service_logs else ""

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -17,7 +18,7 @@ from rich.table import Table
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.stack.collector import CollectorSettings, TraceCollector, trace_file, waterfall
-from services.stack.supervisor import wait_until_serving
+from services.stack.supervisor import ports_in_use, wait_until_serving
 from services.stack.topology import REPO, StackSettings, processes
 from services.stack.traffic import fraud_enriched_sample, load_live, score_request
 
@@ -169,11 +170,21 @@ def show_trace(console: Console, collector: TraceCollector, results: list[Scored
     )
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def main() -> int:
     # Under make, stdout is often no terminal and rich would wrap the table at 80 columns.
     console = Console(width=max(Console().width, 150))
     settings = StackSettings()
     log_path = REPO / "data" / "demo-stack.log"
+    # Checked here as well as by the stack: another stack on these ports would answer the demo's health
+    # checks and calls while this one exits, and the demo would show that stack's results as its own.
+    refusal = ports_in_use(settings)
+    if refusal:
+        console.print(f"[red]Cannot start the stack: {refusal}.[/]")
+        return 2
     console.print(f"Starting the stack (logs in {log_path.relative_to(REPO)}) ...")
     collector = TraceCollector(max_traces=SAMPLE_SIZE + 10).start()
     env = {
@@ -189,15 +200,25 @@ def main() -> int:
         )
         try:
             pending = wait_until_serving(
-                [p.health_address for p in processes(settings)], settings.ready_timeout_s
+                [p.health_address for p in processes(settings)],
+                settings.ready_timeout_s,
+                stopped=lambda: stack.poll() is not None,
             )
             if pending or stack.poll() is not None:
-                console.print(f"[red]the stack did not come up ({pending or 'exited'}); see {log_path}[/]")
+                console.print(f"[red]The stack did not come up ({pending or 'exited'}); from {log_path}:[/]")
+                console.print(log_tail(log_path), markup=False, highlight=False)
                 return 1
             address = f"{settings.host}:{settings.gateway_port}"
             sample = fraud_enriched_sample(load_live(), SAMPLE_SIZE, FRAUD_SHARE)
             console.print(f"Scoring {len(sample)} live transactions through Gateway.Score at {address} ...")
             results = score_all(address, sample)
+            if stack.poll() is not None:
+                console.print(
+                    f"[red]The stack exited (exit status {stack.returncode}) while the demo scored, so the "
+                    f"answers are not all its own. From {log_path}:[/]"
+                )
+                console.print(log_tail(log_path), markup=False, highlight=False)
+                return 1
             show(console, results)
             show_trace(console, collector, results, trace_file(CollectorSettings().dir))
         finally:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -49,12 +50,13 @@ def serving(address: str, timeout_s: float = 1.0) -> bool:
 
 
 def wait_until_serving(
-    addresses: list[str], timeout_s: float, stop: threading.Event | None = None
+    addresses: list[str], timeout_s: float, stopped: Callable[[], bool] = lambda: False
 ) -> list[str]:
-    """Poll until every address reports SERVING; returns those that did not within the timeout."""
+    """Poll until every address reports SERVING, the timeout passes or `stopped()` says to give up; returns
+    the addresses not serving."""
     pending = list(addresses)
     deadline = time.monotonic() + timeout_s
-    while pending and time.monotonic() < deadline and not (stop and stop.is_set()):
+    while pending and time.monotonic() < deadline and not stopped():
         pending = [address for address in pending if not serving(address)]
         if pending:
             time.sleep(0.25)
@@ -63,7 +65,7 @@ def wait_until_serving(
 
 def _announce_when_ready(stack: list[StackProcess], settings: StackSettings, stop: threading.Event) -> None:
     started = time.monotonic()
-    pending = wait_until_serving([p.health_address for p in stack], settings.ready_timeout_s, stop)
+    pending = wait_until_serving([p.health_address for p in stack], settings.ready_timeout_s, stop.is_set)
     if stop.is_set():
         return
     if pending:
@@ -93,18 +95,25 @@ def command_line(process: StackProcess, log_dir: Path | None) -> str:
     return f"exec {command} >>{shlex.quote(str(log_dir / f'{process.name}.log'))} 2>&1"
 
 
+def ports_in_use(settings: StackSettings) -> str | None:
+    """Why the stack cannot start on its ports (something listens on one), or None when all are free."""
+    busy = busy_ports(settings)
+    if not busy:
+        return None
+    return (
+        f"ports {busy} on {settings.host} are in use (another stack still running?); "
+        "stop it or set SCOREGRAPH_STACK_*_PORT"
+    )
+
+
 def run(settings: StackSettings) -> int:
     missing = settings.model_repository / "fraud_mlp"
     if not missing.is_dir():
         print(f"scoregraph: no model at {missing}; run `make build` first", file=sys.stderr)
         return 2
-    busy = busy_ports(settings)
-    if busy:
-        print(
-            f"scoregraph: ports {busy} on {settings.host} are in use (another stack still running?); "
-            "stop it or set SCOREGRAPH_STACK_*_PORT",
-            file=sys.stderr,
-        )
+    refusal = ports_in_use(settings)
+    if refusal:
+        print(f"scoregraph: {refusal}", file=sys.stderr)
         return 2
     stack = processes(settings)
     traces = CollectorSettings()

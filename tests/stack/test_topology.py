@@ -1,12 +1,14 @@
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
-from services.bench.processes import stack_ports
+from services.bench.processes import stack_ports, start_stack
 from services.stack.topology import (
     REPO,
     StackSettings,
@@ -92,31 +94,65 @@ def test_without_respawning_a_replica_runs_as_itself():
     assert process.argv[:3] == [sys.executable, "-m", "services.predict.tritonserver"]
 
 
-def test_a_port_in_use_is_found_and_the_stack_refuses_to_start_on_it(tmp_path):
+@contextlib.contextmanager
+def a_port_taken(which: str) -> Iterator[tuple[StackSettings, dict[str, str], int]]:
+    """A stack's settings (and their environment) on a range of its own, one of whose ports, `which`,
+    something else listens on while the block runs."""
     settings = StackSettings(**{k.lower(): v for k, v in stack_ports(STACK_BASES["port in use"]).items()})
     assert busy_ports(settings) == []
+    port = getattr(settings, which)
+    env = {
+        f"SCOREGRAPH_STACK_{k.upper()}": str(v)
+        for k, v in settings.model_dump().items()
+        if k.endswith("port")
+    }
     with socket.socket() as taken:
         # As a server binds (and as busy_ports probes): a connection of an earlier test that used this port
         # and lingers in TIME_WAIT must not stop the bind (it did once in CI: "Address already in use").
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        taken.bind((settings.host, settings.features_port + 1))
+        taken.bind((settings.host, port))
         taken.listen()
-        assert busy_ports(settings) == [settings.features_port + 1]
-        env = {
-            f"SCOREGRAPH_STACK_{k.upper()}": str(v)
-            for k, v in settings.model_dump().items()
-            if k.endswith("port")
-        }
+        yield settings, {**os.environ, **env}, port
+
+
+def test_a_port_in_use_is_found_and_the_stack_refuses_to_start_on_it():
+    with a_port_taken("metrics_port") as (settings, env, port):
+        assert busy_ports(settings) == [port]
         done = subprocess.run(
             [sys.executable, "-m", "services.stack", "up"],
             cwd=REPO,
-            env={**os.environ, **env},
+            env=env,
             capture_output=True,
             text=True,
             timeout=60,
         )
     assert done.returncode == 2
-    assert str(settings.features_port + 1) in done.stderr and "in use" in done.stderr
+    assert str(port) in done.stderr and "in use" in done.stderr
+
+
+def test_the_demo_refuses_to_run_beside_another_stack_rather_than_score_through_it():
+    # Another stack's gateway on the demo's port answered the demo's health checks and calls while the
+    # demo's own stack refused to start, and the demo showed that stack's verdicts as its own, exit 0.
+    with a_port_taken("gateway_port") as (_, env, port):
+        done = subprocess.run(
+            [sys.executable, "-m", "services.stack", "demo"],
+            cwd=REPO,
+            env={**env, "SCOREGRAPH_STACK_READY_TIMEOUT_S": "20"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stdout
+    assert str(port) in done.stdout and "in use" in done.stdout
+    assert "Scoring" not in done.stdout
+
+
+def test_a_benchmark_or_test_stack_refuses_ports_in_use_before_starting(tmp_path):
+    with a_port_taken("gateway_port") as (settings, _, port):
+        ports = {k.upper(): v for k, v in settings.model_dump().items() if k.endswith("port")}
+        with pytest.raises(RuntimeError, match=f"cannot start a stack: ports \\[{port}\\]"):
+            start_stack(tmp_path / "stack.log", {}, ports)
+    assert not (tmp_path / "stack.log").exists()
 
 
 def test_loopback_never_goes_through_a_proxy(monkeypatch):
