@@ -209,7 +209,15 @@ def main() -> int:
                 console.print(log_tail(log_path), markup=False, highlight=False)
                 return 1
             address = f"{settings.host}:{settings.gateway_port}"
-            sample = fraud_enriched_sample(load_live(), SAMPLE_SIZE, FRAUD_SHARE)
+            live = load_live()
+            if moved := live.attrs["days_moved"]:
+                console.print(
+                    f"[yellow]The live stream in data/ is older than the gateway takes, so it was moved "
+                    f"{moved} day(s) forward: the stored features look that much older, and those past their "
+                    "view's ttl read as stale (verdicts degraded, FEATURES_STALE). "
+                    "`make clean && make demo` generates today's data.[/]"
+                )
+            sample = fraud_enriched_sample(live, SAMPLE_SIZE, FRAUD_SHARE)
             console.print(f"Scoring {len(sample)} live transactions through Gateway.Score at {address} ...")
             results = score_all(address, sample)
             if stack.poll() is not None:

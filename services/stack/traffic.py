@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 from google.protobuf.timestamp_pb2 import Timestamp
 from scoregraph.gateway.v1 import gateway_pb2
 
+from services.gateway.settings import GatewaySettings
 from services.stack.topology import REPO
 
 LIVE_STREAM = REPO / "data" / "raw" / "live.parquet"
@@ -17,16 +19,41 @@ CHANNELS = {
 }
 
 
-def load_live(path: Path = LIVE_STREAM, now: datetime | None = None) -> pd.DataFrame:
-    """The live stream, moved forward by whole days when it is older than a day.
+#: How long the demo, a benchmark or a test may go on scoring a stream it has loaded: its oldest transaction
+#: must stay within the gateway's maximum age that long.
+SCORING_MARGIN = timedelta(hours=1)
 
-    Whole days keep each transaction's hour (night-time matters to the model) and only lengthen the gap since
-    the card's last known activity; the gateway refuses timestamps more than a few days old.
+
+def days_to_move(oldest: datetime, newest: datetime, now: datetime, max_age: timedelta) -> int:
+    """Whole days a stream from `oldest` to `newest` must move forward for the gateway, which refuses
+    transactions older than `max_age`, to take all of it for a while yet (SCORING_MARGIN); 0 while it does
+    unmoved. Never so far that its newest would lie in the future: a `max_age` shorter than the stream leaves
+    the oldest refused."""
+    late = now - max_age + SCORING_MARGIN - oldest
+    needed = max(math.ceil(late / timedelta(days=1)), 0)
+    return min(needed, max((now - newest) // timedelta(days=1), 0))
+
+
+def load_live(
+    path: Path = LIVE_STREAM, now: datetime | None = None, max_age: timedelta | None = None
+) -> pd.DataFrame:
+    """The live stream, as generated while the gateway still takes it, else moved forward by whole days.
+
+    Unmoved, a build scores the same on every day the gateway takes its live day (a week, by default): each
+    transaction is judged as of its own time, against features stored as of the build. Moved, each keeps its
+    hour (night-time matters to the model), but the stored features (a card's last activity, a merchant's
+    risk) look older by the days moved, and past their view's ttl read as stale. `attrs["days_moved"]` says
+    how many days it moved. `max_age`: the gateway's (SCOREGRAPH_GATEWAY_MAX_TRANSACTION_AGE_S) unless given.
     """
     live = pd.read_parquet(path)
-    now = now or datetime.now(UTC)
-    behind = pd.Timestamp(now) - live["created_at"].max()
-    live["created_at"] = live["created_at"] + pd.Timedelta(days=max(behind.days, 0))
+    if max_age is None:
+        max_age = timedelta(seconds=GatewaySettings().max_transaction_age_s)
+    created = live["created_at"]
+    days = days_to_move(
+        created.min().to_pydatetime(), created.max().to_pydatetime(), now or datetime.now(UTC), max_age
+    )
+    live["created_at"] = live["created_at"] + pd.Timedelta(days=days)
+    live.attrs["days_moved"] = days
     return live
 
 
