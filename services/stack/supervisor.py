@@ -9,10 +9,12 @@ file under data/traces/ (see collector.py).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shlex
 import signal
+import stat
 import sys
 import threading
 import time
@@ -95,6 +97,23 @@ def command_line(process: StackProcess, log_dir: Path | None) -> str:
     return f"exec {command} >>{shlex.quote(str(log_dir / f'{process.name}.log'))} 2>&1"
 
 
+def _hung_up(signum: int, frame: object) -> None:
+    """SIGHUP, the terminal gone (closed, an SSH session dropped): stop the stack as on SIGTERM.
+
+    Its processes run in sessions of their own, out of the terminal's reach: without this the supervisor
+    died alone and left the whole stack running, holding its ports. Writing to a hung-up terminal fails, so
+    what the supervisor prints while stopping goes to /dev/null instead.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            # A terminal, not a log file or a pipe (isatty no longer answers once the terminal hung up).
+            if stat.S_ISCHR(os.fstat(stream.fileno()).st_mode):
+                os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def ports_in_use(settings: StackSettings) -> str | None:
     """Why the stack cannot start on its ports (something listens on one), or None when all are free."""
     busy = busy_ports(settings)
@@ -149,6 +168,7 @@ def run(settings: StackSettings) -> int:
         )
     stop = threading.Event()
     threading.Thread(target=_announce_when_ready, args=(stack, settings, stop), daemon=True).start()
+    signal.signal(signal.SIGHUP, _hung_up)
     try:
         manager.loop()
     finally:

@@ -1,6 +1,12 @@
 """SIGTERM to the stack stops every process it started: no orphan tritonserver, stub or service, and no
-shared memory left behind."""
+shared memory left behind; so does closing the terminal `make up` runs in."""
 
+import contextlib
+import os
+import pty
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -8,7 +14,7 @@ import pytest
 
 from services.bench.processes import stack_ports
 from services.predict.tritonserver import shm_prefix
-from services.stack.topology import StackSettings, triton_grpc_ports
+from services.stack.topology import REPO, StackSettings, triton_grpc_ports
 from tests.e2e.conftest import start_stack
 from tests.ports import STACK_BASES
 
@@ -44,3 +50,50 @@ def test_sigterm_to_the_stack_leaves_no_process_behind_even_one_that_ignores_it(
 def shared_memory(grpc_port: int) -> list[str]:
     """The Python-backend shared memory regions of the tritonserver on `grpc_port`."""
     return [region.name for region in Path("/dev/shm").glob(f"{shm_prefix(grpc_port)}*")]
+
+
+def test_closing_the_terminal_make_up_runs_in_stops_the_whole_stack():
+    # The stack's processes run in sessions of their own, so the terminal's hangup reaches only the
+    # supervisor: it used to die of it alone and leave every service and tritonserver running.
+    ports = stack_ports(STACK_BASES["shutdown"])
+    env = {
+        **os.environ,
+        **{f"SCOREGRAPH_STACK_{name}": str(port) for name, port in ports.items()},
+        "SCOREGRAPH_TRACES_COLLECT": "false",
+    }
+    terminal, its_other_end = pty.openpty()
+    # As from a shell in a terminal: the supervisor leads a session whose controlling terminal is the pty.
+    supervisor = subprocess.Popen(
+        ["setsid", "--ctty", sys.executable, "-m", "services.stack", "up"],
+        cwd=REPO,
+        env=env,
+        stdin=its_other_end,
+        stdout=its_other_end,
+        stderr=its_other_end,
+    )
+    os.close(its_other_end)
+    started: list[psutil.Process] = []
+    try:
+        printed = b""
+        deadline = time.monotonic() + 120
+        while b"is up" not in printed:
+            assert time.monotonic() < deadline and supervisor.poll() is None, printed[-2000:]
+            printed += os.read(terminal, 65536)
+        started = psutil.Process(supervisor.pid).children(recursive=True)
+        assert any(p.name() == "tritonserver" for p in started)
+
+        os.close(terminal)  # the terminal window closes: the kernel hangs up its session
+        terminal = -1
+
+        assert supervisor.wait(timeout=60) != 0
+        _, alive = psutil.wait_procs(started, timeout=20)
+        assert [p.name() for p in alive] == []
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
