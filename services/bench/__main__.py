@@ -59,6 +59,7 @@ from services.bench.tracing import (
     start_receiver,
     tracing_on,
 )
+from services.stack.supervisor import interrupt_on_hangup_or_sigterm
 from services.stack.topology import REPO
 from services.stack.traffic import load_live
 
@@ -286,6 +287,7 @@ def main() -> None:
     out = REPO / "results" / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     out.mkdir(parents=True)
     progress = Progress()
+    interrupt_on_hangup_or_sigterm()
     results = asyncio.run(run_bench(out, plan, progress))
     progress("report")
     write_report(out, results, machine(mode, plan, progress))

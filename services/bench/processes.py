@@ -239,11 +239,16 @@ def start_stack(
     if refusal:
         raise RuntimeError(f"cannot start a stack: {refusal}")
     stack = LocalStack(settings, extra, log)
-    pending = wait_until_serving(
-        [p.health_address for p in processes(settings)],
-        settings.ready_timeout_s,
-        stopped=lambda: stack.process.poll() is not None,
-    )
+    try:
+        pending = wait_until_serving(
+            [p.health_address for p in processes(settings)],
+            settings.ready_timeout_s,
+            stopped=lambda: stack.process.poll() is not None,
+        )
+    except BaseException:
+        # Ctrl-C while it starts: the stack runs in a session of its own, which the interrupt never reached.
+        stack.stop()
+        raise
     if pending or stack.process.poll() is not None:
         stack.stop()
         where = f" (each process's own output: {service_log_dir(log)})" if service_logs else ""

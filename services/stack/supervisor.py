@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import shlex
 import signal
-import stat
 import sys
 import threading
 import time
@@ -97,21 +96,46 @@ def command_line(process: StackProcess, log_dir: Path | None) -> str:
     return f"exec {command} >>{shlex.quote(str(log_dir / f'{process.name}.log'))} 2>&1"
 
 
+def silence_terminal() -> None:
+    """Point every descriptor of this process that is a terminal at /dev/null: once the terminal has hung
+    up, writing to it fails, and a failing print must not stop a clean-up halfway. Every one, not only
+    stdout and stderr: pytest, for one, writes its report to a copy of the terminal it keeps while capturing.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                # isatty no longer answers once the terminal has hung up; the descriptor's path still does.
+                if os.readlink(f"/proc/self/fd/{fd}").startswith(("/dev/pts/", "/dev/tty")):
+                    os.dup2(devnull, int(fd))
+    finally:
+        os.close(devnull)
+
+
 def _hung_up(signum: int, frame: object) -> None:
     """SIGHUP, the terminal gone (closed, an SSH session dropped): stop the stack as on SIGTERM.
 
     Its processes run in sessions of their own, out of the terminal's reach: without this the supervisor
-    died alone and left the whole stack running, holding its ports. Writing to a hung-up terminal fails, so
-    what the supervisor prints while stopping goes to /dev/null instead.
+    died alone and left the whole stack running, holding its ports.
     """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            # A terminal, not a log file or a pipe (isatty no longer answers once the terminal hung up).
-            if stat.S_ISCHR(os.fstat(stream.fileno()).st_mode):
-                os.dup2(devnull, stream.fileno())
-    os.close(devnull)
+    silence_terminal()
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def interrupt_on_hangup_or_sigterm() -> None:
+    """From now on SIGHUP and SIGTERM end this process as Ctrl-C does (KeyboardInterrupt; asyncio.run
+    cancels its task), so it stops what it started on the way out.
+
+    For the benchmark and the test suite: the stacks they start run in sessions of their own, out of the
+    terminal's reach, and by default either signal ends the process at once, leaving them running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            silence_terminal()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGHUP, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def ports_in_use(settings: StackSettings) -> str | None:

@@ -1,8 +1,13 @@
+import contextlib
+import signal
 import subprocess
 import sys
 
+import psutil
+import pytest
+
 from services.stack.supervisor import command_line
-from services.stack.topology import StackProcess, StackSettings, processes
+from services.stack.topology import REPO, StackProcess, StackSettings, processes
 
 SPEAKS = StackProcess(
     "features-1",
@@ -45,3 +50,44 @@ def test_with_a_log_dir_the_supervisor_watches_the_process_itself_not_a_shell(tm
     assert started.wait(timeout=30) == 0
 
     assert (tmp_path / "triton-1.log").read_text().split() == [str(started.pid)]
+
+
+# What the benchmark and the test suite do: start a process in a session of its own (out of the terminal's
+# reach, as the stacks are) and stop it on the way out, synchronously or from asyncio.run.
+_STARTS_AND_STOPS = """
+import asyncio, sys, time
+from pathlib import Path
+from services.bench.processes import Spawned
+from services.stack.supervisor import interrupt_on_hangup_or_sigterm
+
+interrupt_on_hangup_or_sigterm()
+started = Spawned(["sleep", "300"], {}, Path(sys.argv[2]))
+print(started.process.pid, flush=True)
+try:
+    asyncio.run(asyncio.sleep(60)) if sys.argv[1] == "asyncio" else time.sleep(60)
+finally:
+    started.stop()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+@pytest.mark.parametrize("waits_in", ["time.sleep", "asyncio"])
+def test_hangup_or_sigterm_ends_a_run_as_ctrl_c_does_stopping_what_it_started(tmp_path, signum, waits_in):
+    run = subprocess.Popen(
+        [sys.executable, "-c", _STARTS_AND_STOPS, waits_in, str(tmp_path / "sleep.log")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    started = None
+    try:
+        started = psutil.Process(int(run.stdout.readline()))
+        run.send_signal(signum)
+        assert run.wait(timeout=30) != 0
+        assert not started.is_running()
+    finally:
+        run.kill()
+        run.wait()
+        if started is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                started.kill()
