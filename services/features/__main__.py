@@ -11,7 +11,7 @@ from services.features.settings import FeaturesSettings
 from services.runtime.errors import UpstreamFailed
 from services.runtime.logging import configure_logging
 from services.runtime.server import run, run_service
-from services.runtime.tracing import configure_tracing
+from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("services.features")
 
@@ -38,7 +38,7 @@ def main() -> None:
     finally:
         if reads is not None:
             reads.shutdown()
-        tracing.shutdown()
+        shutdown_tracing(tracing)
 
 
 if __name__ == "__main__":

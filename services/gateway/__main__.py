@@ -11,7 +11,7 @@ from services.gateway.upstreams import Upstreams
 from services.predict.client import PredictError
 from services.runtime.logging import configure_logging
 from services.runtime.server import run, run_service
-from services.runtime.tracing import configure_tracing
+from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 SERVICE = "scoregraph-gateway"
 
@@ -42,7 +42,7 @@ async def serve(settings: GatewaySettings) -> None:
         await run(settings, [gateway_registration(graph)])
     finally:
         await upstreams.close()
-        tracing.shutdown()
+        shutdown_tracing(tracing)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from services.postprocess.servicer import postprocess_registration
 from services.postprocess.settings import PostprocessSettings
 from services.runtime.logging import configure_logging
 from services.runtime.server import run, run_service
-from services.runtime.tracing import configure_tracing
+from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("services.postprocess")
 
@@ -29,7 +29,7 @@ def main() -> None:
     try:
         run_service(run(settings, [postprocess_registration(policies)]), settings)
     finally:
-        tracing.shutdown()
+        shutdown_tracing(tracing)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import grpc
+import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -38,6 +40,8 @@ from services.runtime import metrics
 from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
 from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter
 from services.runtime.spans import LeanSpan, LeanTracerProvider
+
+_log = structlog.get_logger("services.runtime.tracing")
 
 SPAN_ATTRIBUTES: Mapping[str, str] = {
     # OpenTelemetry's RPC and network semantic conventions.
@@ -174,6 +178,25 @@ def configure_tracing(service: str, *, exporter: SpanExporter | None = None) -> 
         provider.add_span_processor(AllowListedAttributes(BatchSpanProcessor(exporter)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+#: How long a stopping service waits for its last spans to reach the collector. A collector that takes
+#: connections and never answers held each export for OTEL_EXPORTER_OTLP_TIMEOUT (10 s), and a stopped
+#: service's exit for up to 30 s more; a healthy one takes them in milliseconds.
+SPAN_FLUSH_AT_EXIT_S = 2.0
+
+
+def shutdown_tracing(provider: TracerProvider, timeout_s: float = SPAN_FLUSH_AT_EXIT_S) -> bool:
+    """Export the spans left and shut `provider` down, waiting at most `timeout_s`: past that, what is still
+    unexported is dropped, with a warning, and the process is free to exit (the exporting threads are
+    daemons). Whether it finished in time."""
+    stopping = threading.Thread(target=provider.shutdown, name="tracing-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout_s)
+    if stopping.is_alive():
+        _log.warning("spans dropped: not exported within the wait at exit", wait_s=timeout_s)
+        return False
+    return True
 
 
 def _split_method(full_method: str) -> tuple[str, str]:

@@ -1,14 +1,19 @@
 """Server and client spans, the attribute allow-list, RED metrics, and the export configuration."""
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 
 import grpc
 import pytest
+import structlog
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
@@ -22,6 +27,7 @@ from services.runtime.otlp import OTLPHttpSpanExporter as HttpExporter
 from services.runtime.server import GrpcServer
 from services.runtime.spans import LeanTracerProvider
 from services.runtime.tracing import AllowListedAttributes, client_interceptors, observed_hop, otlp_exporter
+from services.stack.collector import TraceCollector
 from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, gateway_registration, runtime_settings
 
 TEST_PAN = "4111111111111111"
@@ -262,3 +268,37 @@ def test_triton_takes_its_own_url_when_the_services_export_over_grpc():
     )
     assert "--trace-config=opentelemetry,url=http://c:4318/v1/traces" in args
     assert "--trace-config=rate=10" in args
+
+
+def exporting_provider(endpoint: str, timeout_s: float = 10) -> LeanTracerProvider:
+    """A service's provider, batching its spans to the OTLP/HTTP receiver at `endpoint`."""
+    provider = LeanTracerProvider()
+    exporter = HttpExporter(endpoint=f"{endpoint}/v1/traces", timeout=timeout_s)
+    provider.add_span_processor(AllowListedAttributes(BatchSpanProcessor(exporter)))
+    for n in range(10):
+        with provider.get_tracer("test").start_as_current_span(f"span {n}"):
+            pass
+    return provider
+
+
+def test_at_exit_the_spans_left_reach_a_collector_that_answers():
+    with TraceCollector() as collector:
+        assert tracing.shutdown_tracing(exporting_provider(collector.http_endpoint), timeout_s=10)
+        assert sorted(span.name for span in collector.spans()) == sorted(f"span {n}" for n in range(10))
+
+
+def test_at_exit_a_collector_that_never_answers_cannot_hold_the_process():
+    # It takes the connection and the request, and sends nothing back: each export would wait out the
+    # exporter's timeout (5 s here, 10 s by default), and the stopped service's exit with it.
+    with socket.create_server(("127.0.0.1", 0)) as hung, contextlib.ExitStack() as held:
+        accepting = threading.Thread(target=lambda: held.enter_context(hung.accept()[0]), daemon=True)
+        accepting.start()
+        provider = exporting_provider(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout_s=5)
+
+        with structlog.testing.capture_logs() as logged:
+            assert not tracing.shutdown_tracing(provider, timeout_s=0.5)
+
+        accepting.join(timeout=5)
+    assert [entry["event"] for entry in logged if entry["log_level"] == "warning"] == [
+        "spans dropped: not exported within the wait at exit"
+    ]
