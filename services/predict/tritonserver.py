@@ -181,6 +181,7 @@ def server_command(
     grpc_port: int,
     http_port: int,
     metrics_port: int,
+    host: str = "127.0.0.1",
     model_control_mode: str = "none",
     installation: TritonInstallation | None = None,
     extra_args: Sequence[str] = (),
@@ -194,8 +195,13 @@ def server_command(
         str(installation.binary),
         f"--model-repository={Path(model_repository).absolute()}",
         f"--backend-directory={installation.backend_directory()}",
+        # tritonserver binds every interface unless told: its HTTP API changes trace and log settings and,
+        # in explicit mode, loads and unloads models, for anyone who can reach it.
+        f"--grpc-address={host}",
         f"--grpc-port={grpc_port}",
+        f"--http-address={host}",
         f"--http-port={http_port}",
+        f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
         f"--model-control-mode={model_control_mode}",
         # Python-backend shared memory regions are named per server, so servers on one host never collide.
@@ -224,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         "Other options go to tritonserver.",
     )
     parser.add_argument("--model-repository", type=Path, required=True)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address the gRPC, HTTP and metrics servers bind (0.0.0.0: all)"
+    )
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -244,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
+        host=args.host,
         model_control_mode=args.model_control_mode,
         installation=TritonInstallation.locate(args.triton_env),
         extra_args=extra_args,

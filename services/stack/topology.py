@@ -134,6 +134,8 @@ def processes(settings: StackSettings) -> list[StackProcess]:
                         "services.predict.tritonserver",
                         "--model-repository",
                         str(settings.model_repository),
+                        "--host",
+                        host,
                         "--grpc-port",
                         str(port),
                         "--http-port",

@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import psutil
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -169,6 +170,20 @@ def test_health_is_serving_and_reflection_lists_each_service(stack):
             )
             listed = {s.name for reply in replies for s in reply.list_services_response.service}
             assert {service, "grpc.health.v1.Health"} <= listed, (process.name, listed)
+
+
+def test_every_port_the_stack_listens_on_is_on_its_host_alone(stack):
+    # tritonserver bound every interface unless told, so its HTTP API (trace and log settings, model
+    # loading) answered the network while the services kept to loopback.
+    listening = {
+        (process.name(), conn.laddr.ip, conn.laddr.port)
+        for process in stack.tree.children(recursive=True)
+        for conn in process.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    assert {name for name, _, _ in listening} >= {"tritonserver", "python"}
+    host = stack.settings.host
+    assert [entry for entry in listening if entry[1] not in (host, f"::ffff:{host}")] == []
 
 
 @pytest.mark.skipif(shutil.which("npm") is None, reason="needs Node.js and npm")
