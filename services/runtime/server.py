@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from services.runtime.faults import fault_interceptors
 from services.runtime.interceptors import StatusInterceptor
-from services.runtime.settings import ServiceSettings
+from services.runtime.settings import ServiceSettings, host_port
 from services.runtime.tracing import TelemetryInterceptor
 
 log = structlog.get_logger(__name__)
@@ -27,13 +27,22 @@ _SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 T = TypeVar("T")
 
 
-def run_service(main: Coroutine[Any, Any, T], settings: ServiceSettings) -> T:
-    """Run a service's `main` coroutine to completion on the event loop `settings.event_loop` names."""
-    if settings.event_loop == "uvloop":
-        import uvloop
+class CannotListen(Exception):
+    """A server of the service could not bind its address: in use, or not an address of this machine."""
 
-        return uvloop.run(main)
-    return asyncio.run(main)
+
+def run_service(main: Coroutine[Any, Any, T], settings: ServiceSettings) -> T:
+    """Run a service's `main` coroutine to completion on the event loop `settings.event_loop` names; a
+    server that cannot listen ends it with one error line and exit status 1, not a traceback."""
+    try:
+        if settings.event_loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(main)
+        return asyncio.run(main)
+    except CannotListen as error:
+        log.error("cannot listen", reason=str(error), hint="the port in use, or the host not this machine's")
+        raise SystemExit(1) from None
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,11 @@ class GrpcServer:
             registration.add_to_server(registration.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self._port = server.add_insecure_port(f"{self._settings.host}:{self._settings.port}")
+        address = host_port(self._settings.host, self._settings.port)
+        try:
+            self._port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise CannotListen(f"the gRPC server cannot listen on {address}") from error
         self._telemetry.server_address, self._telemetry.server_port = self._settings.host, self._port
         await server.start()
         self._server = server
@@ -124,7 +137,11 @@ async def _metrics_endpoint(settings: ServiceSettings) -> AsyncIterator[None]:
     if not settings.metrics_port:
         yield
         return
-    httpd, _ = start_http_server(settings.metrics_port, addr=settings.host)
+    try:
+        httpd, _ = start_http_server(settings.metrics_port, addr=settings.host)
+    except OSError as error:
+        address = host_port(settings.host, settings.metrics_port)
+        raise CannotListen(f"the metrics endpoint cannot listen on {address}: {error.strerror}") from error
     try:
         yield
     finally:

@@ -28,6 +28,21 @@ UpstreamAddresses = Annotated[
 ]
 """Replica addresses of one upstream, from `host:port,host:port`; each call may go to any of them."""
 
+
+def host_port(host: str, port: int) -> str:
+    """`host:port` as gRPC takes it: an IPv6 address in brackets (`[::1]:50051`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _unbracketed(value: object) -> object:
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        return value[1:-1]
+    return value
+
+
+Host = Annotated[str, BeforeValidator(_unbracketed), Field(min_length=1)]
+"""An interface's address or name; an IPv6 address with or without brackets (`::` or `[::]`)."""
+
 _T = TypeVar("_T")
 
 
@@ -56,8 +71,8 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SCOREGRAPH_", use_attribute_docstrings=True)
 
-    host: str = "127.0.0.1"
-    """Interface the gRPC server binds to; `0.0.0.0` or `[::]` in containers."""
+    host: Host = "127.0.0.1"
+    """Interface the gRPC server binds to; `0.0.0.0` or `::` (every IPv4 and IPv6 one) in containers."""
 
     port: int = Field(default=50051, ge=0, lt=65536)
     """Port of the gRPC server; 0 picks a free one."""

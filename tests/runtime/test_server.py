@@ -133,3 +133,32 @@ async def test_run_serves_metrics_until_shutdown() -> None:
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
+
+
+def loopback_v6() -> bool:
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(not loopback_v6(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+@pytest.mark.timeout(30)
+async def test_a_service_serves_grpc_and_metrics_on_an_ipv6_address(host) -> None:
+    # "::" and "[::]" (as the settings' documentation put it) both crashed the service at start.
+    port, metrics_port = free_port(), free_port()
+    serving = asyncio.create_task(run(runtime_settings(host=host, port=port, metrics_port=metrics_port), []))
+    try:
+        async with grpc.aio.insecure_channel(f"[::1]:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=5)
+            assert reply.status == SERVING
+        with await asyncio.to_thread(urllib.request.urlopen, f"http://[::1]:{metrics_port}/metrics") as page:
+            assert page.status == 200
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from services.runtime.settings import ServiceSettings, UpstreamAddresses
+from services.runtime.settings import ServiceSettings, UpstreamAddresses, host_port
 
 
 class FeaturesClientSettings(ServiceSettings):
@@ -70,3 +70,20 @@ def test_every_field_is_documented() -> None:
     undocumented = [name for name, field in ServiceSettings.model_fields.items() if not field.description]
 
     assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    ("host", "read", "address"),
+    [
+        ("0.0.0.0", "0.0.0.0", "0.0.0.0:50051"),
+        ("localhost", "localhost", "localhost:50051"),
+        ("::", "::", "[::]:50051"),
+        ("[::]", "::", "[::]:50051"),
+        ("[::1]", "::1", "[::1]:50051"),
+    ],
+)
+def test_a_host_is_read_with_or_without_brackets_and_bracketed_in_addresses(monkeypatch, host, read, address):
+    monkeypatch.setenv("SCOREGRAPH_HOST", host)
+    settings = ServiceSettings()
+    assert settings.host == read
+    assert host_port(settings.host, 50051) == address
