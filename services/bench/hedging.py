@@ -25,6 +25,7 @@ from services.bench.measure import console
 from services.bench.processes import STACK_SLOTS, LocalStack, local_get, running_stack, stack_ports
 from services.bench.results import HedgingRun
 from services.bench.tracing import TRACING_OFF
+from services.runtime.settings import host_port
 
 SLOW_FEATURES_REPLICA = {
     "SCOREGRAPH_STACK_FAULTY_REPLICA": "features-1",
@@ -163,8 +164,8 @@ async def measure_slow_replica(
             gateways = [
                 Gateway(
                     "slow-unhedged",
-                    f"{stack.settings.host}:{port}",
-                    f"http://{stack.settings.host}:{metrics_port}/metrics",
+                    host_port(stack.settings.host, port),
+                    f"http://{host_port(stack.settings.host, metrics_port)}/metrics",
                 ),
                 Gateway("slow-hedged", stack.gateway, stack.gateway_metrics_url),
             ]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from services.runtime.settings import host_port
 from services.stack.supervisor import ports_in_use, serving, wait_until_serving
 from services.stack.topology import REPO, StackSettings, process_env, processes
 
@@ -178,7 +179,7 @@ class LocalStack(Spawned):
 
     @property
     def gateway(self) -> str:
-        return f"{self.settings.host}:{self.settings.gateway_port}"
+        return host_port(self.settings.host, self.settings.gateway_port)
 
     def address(self, name: str) -> str:
         """gRPC address of the stack's process `name` (e.g. `features-0`, `triton-0`)."""
@@ -187,7 +188,8 @@ class LocalStack(Spawned):
     @property
     def gateway_metrics_url(self) -> str:
         [gateway] = [p for p in processes(self.settings) if p.name == "gateway"]
-        return f"http://{self.settings.host}:{gateway.env['SCOREGRAPH_GATEWAY_METRICS_PORT']}/metrics"
+        port = int(gateway.env["SCOREGRAPH_GATEWAY_METRICS_PORT"])
+        return f"http://{host_port(self.settings.host, port)}/metrics"
 
     def start_gateway(self, port: int, metrics_port: int, env: Mapping[str, str], log: Path) -> Spawned:
         """Another gateway on the stack's replicas, configured as the stack's own plus `env`, once it serves.
@@ -198,7 +200,7 @@ class LocalStack(Spawned):
         ports = {"SCOREGRAPH_GATEWAY_PORT": str(port), "SCOREGRAPH_GATEWAY_METRICS_PORT": str(metrics_port)}
         second = dataclasses.replace(gateway, env={**self.env, **gateway.env, **ports, **env})
         spawned = Spawned(second.argv, process_env(second), log)
-        address = f"{self.settings.host}:{port}"
+        address = host_port(self.settings.host, port)
         wait_until(lambda: serving(address), spawned, self.settings.ready_timeout_s, f"gateway at {address}")
         return spawned
 

@@ -197,7 +197,8 @@ def server_command(
         f"--backend-directory={installation.backend_directory()}",
         # tritonserver binds every interface unless told: its HTTP API changes trace and log settings and,
         # in explicit mode, loads and unloads models, for anyone who can reach it.
-        f"--grpc-address={host}",
+        # It joins address and port with a colon for gRPC: an IPv6 address needs its brackets there.
+        f"--grpc-address={f'[{host}]' if ':' in host else host}",
         f"--grpc-port={grpc_port}",
         f"--http-address={host}",
         f"--http-port={http_port}",

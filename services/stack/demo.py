@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.runtime.settings import host_port
 from services.stack.collector import CollectorSettings, TraceCollector, trace_file, waterfall
 from services.stack.supervisor import ports_in_use, wait_until_serving
 from services.stack.topology import REPO, StackSettings, processes
@@ -208,7 +209,7 @@ def main() -> int:
                 console.print(f"[red]The stack did not come up ({pending or 'exited'}); from {log_path}:[/]")
                 console.print(log_tail(log_path), markup=False, highlight=False)
                 return 1
-            address = f"{settings.host}:{settings.gateway_port}"
+            address = host_port(settings.host, settings.gateway_port)
             live = load_live()
             if moved := live.attrs["days_moved"]:
                 console.print(

@@ -26,6 +26,7 @@ from honcho.manager import Manager
 from honcho.printer import Printer
 
 from services.predict.tritonserver import remove_stale_shm
+from services.runtime.settings import host_port
 from services.stack.collector import CollectorSettings, TraceCollector, TraceFileWriter, trace_file
 from services.stack.topology import (
     StackProcess,
@@ -77,7 +78,7 @@ def _announce_when_ready(stack: list[StackProcess], settings: StackSettings, sto
         return
     print(
         f"scoregraph is up ({len(stack)} processes, {time.monotonic() - started:.1f} s): "
-        f"Gateway.Score at {settings.host}:{settings.gateway_port}. Ctrl-C stops everything.",
+        f"Gateway.Score at {host_port(settings.host, settings.gateway_port)}. Ctrl-C stops everything.",
         flush=True,
     )
 

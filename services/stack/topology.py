@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runtime.settings import Host, host_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -19,8 +21,8 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SCOREGRAPH_STACK_", use_attribute_docstrings=True)
 
-    host: str = "127.0.0.1"
-    """Loopback interface every process binds to."""
+    host: Host = "127.0.0.1"
+    """Loopback interface every process binds to (`::1` for IPv6)."""
     gateway_port: int = 50051
     """Gateway.Score is served here."""
     features_port: int = 50061
@@ -125,7 +127,7 @@ def processes(settings: StackSettings) -> list[StackProcess]:
     out: list[StackProcess] = []
     triton = []
     for i, port in enumerate(triton_grpc_ports(settings)):
-        triton.append(f"{host}:{port}")
+        triton.append(host_port(host, port))
         out.append(
             StackProcess(
                 f"triton-{i}",
@@ -145,11 +147,13 @@ def processes(settings: StackSettings) -> list[StackProcess]:
                     )
                 ),
                 env=_fault_env(settings, f"triton-{i}", "TRITON"),
-                health_address=f"{host}:{port}",
+                health_address=host_port(host, port),
             )
         )
-    features = [f"{host}:{settings.features_port + i}" for i in range(settings.features_replicas)]
-    postprocess = [f"{host}:{settings.postprocess_port + i}" for i in range(settings.postprocess_replicas)]
+    features = [host_port(host, settings.features_port + i) for i in range(settings.features_replicas)]
+    postprocess = [
+        host_port(host, settings.postprocess_port + i) for i in range(settings.postprocess_replicas)
+    ]
     for service, addresses, first_port in (
         ("features", features, settings.features_port),
         ("postprocess", postprocess, settings.postprocess_port),
@@ -166,7 +170,9 @@ def processes(settings: StackSettings) -> list[StackProcess]:
         TRITON_ADDRESSES=",".join(triton),
     )
     out.append(
-        StackProcess("gateway", _python("services.gateway"), gateway_env, f"{host}:{settings.gateway_port}")
+        StackProcess(
+            "gateway", _python("services.gateway"), gateway_env, host_port(host, settings.gateway_port)
+        )
     )
     return out
 
@@ -192,8 +198,9 @@ def listening_ports(settings: StackSettings) -> list[int]:
 def busy_ports(settings: StackSettings) -> list[int]:
     """The stack's ports something else already listens on (a stack left running, another program)."""
     busy = []
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     for port in listening_ports(settings):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((settings.host, port))

@@ -31,12 +31,20 @@ def test_runs_with_the_triton_environment_first_on_path(tmp_path):
     assert "PYTHONPATH" not in command.env
 
 
-@pytest.mark.parametrize(("host", "expected"), [({}, "127.0.0.1"), ({"host": "0.0.0.0"}, "0.0.0.0")])
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ({}, ["127.0.0.1"] * 3),
+        ({"host": "0.0.0.0"}, ["0.0.0.0"] * 3),
+        # tritonserver joins the gRPC address and port with a colon, so an IPv6 one keeps its brackets.
+        ({"host": "::1"}, ["[::1]", "::1", "::1"]),
+    ],
+)
 def test_every_server_binds_the_host_asked_for_loopback_unless_told(tmp_path, host, expected):
     command = server_command(tmp_path, grpc_port=1, http_port=2, metrics_port=3, **host)
 
-    for server in ("grpc", "http", "metrics"):
-        assert f"--{server}-address={expected}" in command.argv
+    for server, address in zip(("grpc", "http", "metrics"), expected, strict=True):
+        assert f"--{server}-address={address}" in command.argv
 
 
 def test_backend_directory_pairs_the_python_backend_with_the_stub_for_its_python():

@@ -62,8 +62,8 @@ from services.stack.supervisor import interrupt_on_hangup_or_sigterm
 
 interrupt_on_hangup_or_sigterm()
 started = Spawned(["sleep", "300"], {}, Path(sys.argv[2]))
-print(started.process.pid, flush=True)
 try:
+    print(started.process.pid, flush=True)
     asyncio.run(asyncio.sleep(60)) if sys.argv[1] == "asyncio" else time.sleep(60)
 finally:
     started.stop()
