@@ -29,9 +29,9 @@ def open_store(repo: Path = FEATURE_REPO) -> FeatureStore:
     return FeatureStore(repo_path=str(repo))
 
 
-def contract_of(store: FeatureStore, feature_service: str) -> FeatureContract:
+def contract_of(store: FeatureStore, feature_service: str, *, allow_cache: bool = False) -> FeatureContract:
     """Feature names in the feature service's declared order (Feast's short names, unique across views)."""
-    service = store.get_feature_service(feature_service)
+    service = store.get_feature_service(feature_service, allow_cache=allow_cache)
     names = tuple(f.name for projection in service.feature_view_projections for f in projection.features)
     return FeatureContract(feature_service, names)
 

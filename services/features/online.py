@@ -143,8 +143,10 @@ class ServedFeatureService:
 
     @classmethod
     def from_store(cls, store: FeatureStore, name: str) -> ServedFeatureService:
-        service = store.get_feature_service(name)
-        on_demand_views = {view.name: view for view in store.list_on_demand_feature_views()}
+        # One registry read for the whole load (allow_cache): Feast's calls otherwise each read the registry
+        # file again, logging "Registry cache expired" each time, and could see different versions of it.
+        service = store.get_feature_service(name, allow_cache=True)
+        on_demand_views = {view.name: view for view in store.list_on_demand_feature_views(allow_cache=True)}
         freshness, reads, on_demand = {}, {}, []
         for projection in service.feature_view_projections:
             if projection.name in on_demand_views:
@@ -159,7 +161,7 @@ class ServedFeatureService:
                 on_demand.append(OnDemandView(odfv.feature_transformation.udf, sources))
                 view_freshness = Freshness(on_demand=True, ttl_ms=None)
             else:
-                ttl = store.get_feature_view(projection.name).ttl
+                ttl = store.get_feature_view(projection.name, allow_registry_cache=True).ttl
                 ttl_ms = int(ttl.total_seconds() * 1000) if ttl else None
                 view_freshness = Freshness(on_demand=False, ttl_ms=ttl_ms)
                 reads.setdefault(projection.name, {}).update(
@@ -168,9 +170,10 @@ class ServedFeatureService:
             freshness.update({feature.name: view_freshness for feature in projection.features})
         stored = []
         for view_name, features in reads.items():
-            view = store.get_feature_view(view_name)
+            view = store.get_feature_view(view_name, allow_registry_cache=True)
             stored.append(StoredView(view, view.join_keys[0], tuple(features)))
-        return cls(service, contract_of(store, name), freshness, tuple(stored), tuple(on_demand))
+        contract = contract_of(store, name, allow_cache=True)
+        return cls(service, contract, freshness, tuple(stored), tuple(on_demand))
 
 
 def repo_config(settings: FeaturesSettings) -> RepoConfig:
@@ -316,7 +319,8 @@ class OnlineFeatures:
 
     @classmethod
     def of_registry(cls, store: FeatureStore) -> OnlineFeatures:
-        return cls(store, [service.name for service in store.list_feature_services()])
+        services = store.registry.list_feature_services(store.project, allow_cache=True)
+        return cls(store, [service.name for service in services])
 
     @property
     def store(self) -> FeatureStore:

@@ -1,3 +1,4 @@
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -7,7 +8,15 @@ import pytest
 from services.features.aggregates import minor_to_usd
 from services.features.feature_service import contract_of
 from services.features.keys import DEV_CARD_KEY, card_device_id, card_id
-from services.features.online import EntityKeys, FeatureRequest, FeatureStatus, RequestValues
+from services.features.online import (
+    EntityKeys,
+    FeatureRequest,
+    FeatureStatus,
+    OnlineFeatures,
+    RequestValues,
+    open_online_store,
+)
+from services.features.settings import FeaturesSettings
 from services.stack.topology import REPO
 from tests.features.known_entities import (
     CARD_ACTIVITY,
@@ -138,3 +147,14 @@ def test_the_lean_read_returns_what_feasts_get_online_features_returns(sqlite_fe
                 assert value == pytest.approx(float(expected), rel=1e-12), name
                 assert status is not FeatureStatus.MISSING, name
     assert new_devices >= 1, "the sample should include a card on a device it never used"
+
+
+def test_loading_the_feature_services_reads_the_registry_once(caplog) -> None:
+    # Each Feast lookup read the registry file again ("Registry cache expired, so refreshing" at info,
+    # ten times per features replica at start), and the lookups could see different versions of it.
+    caplog.set_level(logging.INFO, logger="feast")
+    features = OnlineFeatures.of_registry(open_online_store(FeaturesSettings()))
+
+    assert features.feature_services == (FEATURE_SERVICE,)
+    refreshes = [r.getMessage() for r in caplog.records if "refreshing" in r.getMessage()]
+    assert refreshes == []
