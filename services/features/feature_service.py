@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 from feast import FeatureStore
 
+from services.features import forget_feast_metrics_dir
 from services.predict.contract import FeatureContract
+
+forget_feast_metrics_dir()
 
 FEATURE_REPO = Path(__file__).parent / "feature_repo"
 ENTITY_KEYS = ("card_id", "merchant_id", "card_device_id")
