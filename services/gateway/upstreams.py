@@ -1,7 +1,6 @@
 """Connections to the gateway's upstreams: a client per replica, so a call can choose (and avoid) replicas."""
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,20 +24,9 @@ from services.predict.client import (
     PredictTimeout,
     ServedModel,
 )
-from services.runtime.resilience import Replica, ReplicaSet
+from services.runtime.resilience import REPLICA_CHANNEL_OPTIONS, Replica, ReplicaSet
 
 log = structlog.get_logger(__name__)
-
-# A replica address that is a DNS name resolving to several addresses is still spread over all of them.
-_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-
-# A replica that went away (a restart, a crash) is tried again within a second once it is back: on one host
-# or one cluster network, gRPC's default backoff (1 s growing to 120 s) would keep it out for minutes.
-_RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 # Per attempt while waiting for Triton: a replica that is up answers its model config in milliseconds.
 _CONTRACT_READ_TIMEOUT_S = 5.0
@@ -46,9 +34,7 @@ _CONTRACT_READ_TIMEOUT_S = 5.0
 
 def replica_channel(address: str) -> grpc.aio.Channel:
     """The channel to one replica (`host:port`)."""
-    return grpc.aio.insecure_channel(
-        f"dns:///{address}", options=[("grpc.service_config", _ROUND_ROBIN), *_RECONNECT_OPTIONS]
-    )
+    return grpc.aio.insecure_channel(f"dns:///{address}", options=REPLICA_CHANNEL_OPTIONS)
 
 
 class TritonReplicas:

@@ -16,6 +16,7 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferRequestedO
 from tritonclient.utils import InferenceServerException
 
 from services.predict.contract import INPUT_TENSOR, OUTPUT_TENSOR, FeatureContract
+from services.runtime.resilience import REPLICA_CHANNEL_OPTIONS
 
 
 class PredictError(Exception):
@@ -64,9 +65,7 @@ _ERRORS_BY_STATUS: dict[str, type[PredictError]] = {
 _CHANNEL_ARGS = [
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    *REPLICA_CHANNEL_OPTIONS,
 ]
 
 

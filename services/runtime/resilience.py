@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import collections
 import itertools
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -29,6 +30,18 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from services.runtime.errors import DeadlineExceeded, FieldViolation
 
 log = structlog.get_logger(__name__)
+
+#: Options of a channel to one replica's address. An address that resolves to several (a DNS name for
+#: several containers) has its calls spread over all of them: gRPC's default policy, pick_first, sends every
+#: call to the first that connects. A replica that went away (a restart, a crash) is tried again within a
+#: second once it is back: on one host or one cluster network, gRPC's default backoff (1 s growing to 120 s)
+#: would keep it out for minutes.
+REPLICA_CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 T = TypeVar("T")
 R = TypeVar("R")

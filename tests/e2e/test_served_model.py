@@ -6,11 +6,13 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
+import tritonclient.grpc
 
 from services.features.feature_service import contract_of, historical_matrix, open_store
 from services.predict.client import PredictClient
 from services.predict.repository import CPU_REPOSITORY
-from services.stack.topology import REPO
+from services.runtime.settings import host_port
+from services.stack.topology import REPO, triton_grpc_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -47,3 +49,26 @@ async def test_triton_scores_the_trained_model_as_onnxruntime_does(stack, labell
     np.testing.assert_allclose(scores, expected, atol=SCORE_ATOL, rtol=0)
     # And it is the model the card describes, not any model: fraud scores far above legitimate ones.
     assert np.median(scores[is_fraud]) > 0.5 > 0.01 > np.median(scores[~is_fraud])
+
+
+def _requests_served(server: str) -> int:
+    with tritonclient.grpc.InferenceServerClient(server) as client:
+        [stats] = client.get_inference_statistics("fraud_mlp").model_stats
+        return stats.inference_stats.success.count
+
+
+async def test_an_address_naming_several_triton_servers_spreads_the_calls_over_all_of_them(
+    stack, labelled_rows
+):
+    # As `triton:8001` in deploy/compose.yaml, one DNS name for two replicas: here a target that names both.
+    servers = [host_port(stack.settings.host, port) for port in triton_grpc_ports(stack.settings)]
+    assert len(servers) == 2
+    before = [_requests_served(server) for server in servers]
+    features, _ = labelled_rows
+    async with PredictClient(f"ipv4:{','.join(servers)}", "fraud_mlp") as client:
+        await client.load_contract(timeout_s=10)
+        for row in features[:20]:
+            await client.predict(row[np.newaxis], timeout_s=10)
+    served = [_requests_served(server) - count for server, count in zip(servers, before, strict=True)]
+    assert sum(served) == 20
+    assert min(served) >= 5, f"calls per server: {served}"
