@@ -9,16 +9,14 @@ from services.features.online import open_online_features
 from services.features.servicer import features_registration
 from services.features.settings import FeaturesSettings
 from services.runtime.errors import UpstreamFailed
-from services.runtime.logging import configure_logging
-from services.runtime.server import run, run_service
+from services.runtime.server import run, run_service, service_settings
 from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("services.features")
 
 
 def main() -> None:
-    settings = FeaturesSettings()
-    configure_logging(settings.log_level, service="features")
+    settings = service_settings(FeaturesSettings, service="features")
     try:
         features = open_online_features(settings)
     except UpstreamFailed as error:

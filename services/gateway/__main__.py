@@ -9,8 +9,7 @@ from services.gateway.servicer import gateway_registration
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstreams import Upstreams
 from services.predict.client import PredictError
-from services.runtime.logging import configure_logging
-from services.runtime.server import run, run_service
+from services.runtime.server import run, run_service, service_settings
 from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 SERVICE = "scoregraph-gateway"
@@ -46,8 +45,7 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 def main() -> None:
-    settings = GatewaySettings()
-    configure_logging(settings.log_level, service="gateway")
+    settings = service_settings(GatewaySettings, service="gateway")
     try:
         run_service(serve(settings), settings)
     except PredictError as error:

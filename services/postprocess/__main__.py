@@ -6,16 +6,14 @@ import structlog
 from services.postprocess.policy import PolicyCatalogue, PolicyError
 from services.postprocess.servicer import postprocess_registration
 from services.postprocess.settings import PostprocessSettings
-from services.runtime.logging import configure_logging
-from services.runtime.server import run, run_service
+from services.runtime.server import run, run_service, service_settings
 from services.runtime.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger("services.postprocess")
 
 
 def main() -> None:
-    settings = PostprocessSettings()
-    configure_logging(settings.log_level, service="postprocess")
+    settings = service_settings(PostprocessSettings, service="postprocess")
     try:
         policies = PolicyCatalogue.load(settings.policy_dir, settings.fallback_policy)
     except PolicyError as error:

@@ -17,7 +17,8 @@ from prometheus_client import start_http_server
 
 from services.runtime.faults import fault_interceptors
 from services.runtime.interceptors import StatusInterceptor
-from services.runtime.settings import ServiceSettings, host_port
+from services.runtime.logging import configure_logging
+from services.runtime.settings import InvalidSettings, ServiceSettings, host_port, read_settings
 from services.runtime.tracing import TelemetryInterceptor
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,23 @@ log = structlog.get_logger(__name__)
 _SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 T = TypeVar("T")
+
+
+_ServiceSettings = TypeVar("_ServiceSettings", bound=ServiceSettings)
+
+
+def service_settings(cls: type[_ServiceSettings], *, service: str) -> _ServiceSettings:
+    """The service's settings from the environment, its logging configured at their level. A value they
+    refuse ends the process with an error line naming the variable (not the value), exit status 2."""
+    try:
+        settings = read_settings(cls)
+    except InvalidSettings as error:
+        configure_logging("INFO", service=service)
+        for variable, reason in error.problems:
+            log.error("invalid setting", variable=variable, reason=reason)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level, service=service)
+    return settings
 
 
 class CannotListen(Exception):

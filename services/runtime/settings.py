@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -44,6 +44,32 @@ Host = Annotated[str, BeforeValidator(_unbracketed), Field(min_length=1)]
 """An interface's address or name; an IPv6 address with or without brackets (`::` or `[::]`)."""
 
 _T = TypeVar("_T")
+_Settings = TypeVar("_Settings", bound=BaseSettings)
+
+
+class InvalidSettings(Exception):
+    """Environment variables a settings class refused, each named with what is wrong with its value (a line
+    each as text). The values are not repeated: one may hold a secret (a Redis password)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(f"Invalid setting {variable}: {reason}" for variable, reason in problems))
+        self.problems = problems
+        """(environment variable, what is wrong) for each value refused."""
+
+
+def read_settings(cls: type[_Settings]) -> _Settings:
+    """`cls()`, its fields read from the environment; a value it refuses raises `InvalidSettings` naming the
+    variable, where pydantic would name the field and repeat the value."""
+    try:
+        return cls()
+    except ValidationError as error:
+        prefix = cls.model_config.get("env_prefix", "")
+        raise InvalidSettings(
+            [
+                (f"{prefix}{problem['loc'][0]}".upper() if problem["loc"] else cls.__name__, problem["msg"])
+                for problem in error.errors(include_url=False, include_input=False)
+            ]
+        ) from None
 
 
 def _unset_as_none(value: object) -> object:

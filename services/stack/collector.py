@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import sys
 import threading
 import time
 import zlib
@@ -33,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.table import Table
 from rich.text import Text
 
+from services.runtime.settings import InvalidSettings, read_settings
 from services.stack.topology import REPO
 
 _KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -539,7 +541,11 @@ class TraceFileWriter:
 
 
 def main() -> int:
-    settings = CollectorSettings()
+    try:
+        settings = read_settings(CollectorSettings)
+    except InvalidSettings as error:
+        print(error, file=sys.stderr)
+        return 2
     collector = TraceCollector(
         grpc_port=settings.grpc_port, http_port=settings.http_port, max_traces=settings.max_traces
     ).start()

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from services.runtime.settings import host_port
+from services.runtime.settings import host_port, read_settings
 from services.stack.collector import CollectorSettings, TraceCollector, trace_file, waterfall
 from services.stack.supervisor import ports_in_use, wait_until_serving
 from services.stack.topology import REPO, StackSettings, processes
@@ -178,7 +178,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
 def main() -> int:
     # Under make, stdout is often no terminal and rich would wrap the table at 80 columns.
     console = Console(width=max(Console().width, 150))
-    settings = StackSettings()
+    settings = read_settings(StackSettings)
     log_path = REPO / "data" / "demo-stack.log"
     # Checked here as well as by the stack: another stack on these ports would answer the demo's health
     # checks and calls while this one exits, and the demo would show that stack's results as its own.
@@ -229,7 +229,7 @@ def main() -> int:
                 console.print(log_tail(log_path), markup=False, highlight=False)
                 return 1
             show(console, results)
-            show_trace(console, collector, results, trace_file(CollectorSettings().dir))
+            show_trace(console, collector, results, trace_file(read_settings(CollectorSettings).dir))
         finally:
             stack.send_signal(signal.SIGTERM)
             stack.wait(timeout=30)

@@ -26,7 +26,7 @@ from honcho.manager import Manager
 from honcho.printer import Printer
 
 from services.predict.tritonserver import remove_stale_shm
-from services.runtime.settings import host_port
+from services.runtime.settings import host_port, read_settings
 from services.stack.collector import CollectorSettings, TraceCollector, TraceFileWriter, trace_file
 from services.stack.topology import (
     StackProcess,
@@ -160,7 +160,7 @@ def run(settings: StackSettings) -> int:
         print(f"scoregraph: {refusal}", file=sys.stderr)
         return 2
     stack = processes(settings)
-    traces = CollectorSettings()
+    traces = read_settings(CollectorSettings)
     collector: TraceCollector | None = None
     writer: TraceFileWriter | None = None
     telemetry: dict[str, str] = {}

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from scoregraph.gateway.v1 import gateway_pb2
 
 from services.gateway.settings import GatewaySettings
+from services.runtime.settings import read_settings
 from services.stack.topology import REPO
 
 LIVE_STREAM = REPO / "data" / "raw" / "live.parquet"
@@ -47,7 +48,7 @@ def load_live(
     """
     live = pd.read_parquet(path)
     if max_age is None:
-        max_age = timedelta(seconds=GatewaySettings().max_transaction_age_s)
+        max_age = timedelta(seconds=read_settings(GatewaySettings).max_transaction_age_s)
     created = live["created_at"]
     days = days_to_move(
         created.min().to_pydatetime(), created.max().to_pydatetime(), now or datetime.now(UTC), max_age

@@ -2,7 +2,13 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from services.runtime.settings import ServiceSettings, UpstreamAddresses, host_port
+from services.runtime.settings import (
+    InvalidSettings,
+    ServiceSettings,
+    UpstreamAddresses,
+    host_port,
+    read_settings,
+)
 
 
 class FeaturesClientSettings(ServiceSettings):
@@ -63,6 +69,35 @@ def test_unknown_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ValidationError, match="log_level"):
         FeaturesClientSettings()
+
+
+def test_refused_values_are_named_by_their_variable_and_not_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCOREGRAPH_EXAMPLE_PORT", "4111111111111111-secret")
+    monkeypatch.setenv("SCOREGRAPH_EXAMPLE_LOG_LEVEL", "verbose")
+    monkeypatch.setenv("SCOREGRAPH_EXAMPLE_FEATURES_ADDRESSES", "features-0")
+    monkeypatch.setenv("SCOREGRAPH_EXAMPLE_GRACE_PERIOD_S", "2.5")
+
+    with pytest.raises(InvalidSettings) as refused:
+        read_settings(FeaturesClientSettings)
+
+    assert [variable for variable, _ in refused.value.problems] == [
+        "SCOREGRAPH_EXAMPLE_PORT",
+        "SCOREGRAPH_EXAMPLE_LOG_LEVEL",
+        "SCOREGRAPH_EXAMPLE_FEATURES_ADDRESSES",
+    ]
+    text = str(refused.value)
+    assert text.splitlines()[0] == (
+        "Invalid setting SCOREGRAPH_EXAMPLE_PORT: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
+    assert "4111111111111111" not in text and "secret" not in text
+    assert "'features-0' is not host:port" in text
+
+
+def test_read_settings_reads_what_the_class_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCOREGRAPH_EXAMPLE_PORT", "6000")
+
+    assert read_settings(FeaturesClientSettings) == FeaturesClientSettings()
 
 
 def test_every_field_is_documented() -> None:

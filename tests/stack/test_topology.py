@@ -147,6 +147,23 @@ def test_the_demo_refuses_to_run_beside_another_stack_rather_than_score_through_
     assert "Scoring" not in done.stdout
 
 
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_a_refused_stack_setting_is_named_before_anything_starts(command):
+    done = subprocess.run(
+        [sys.executable, "-m", "services.stack", command],
+        cwd=REPO,
+        env={**os.environ, "SCOREGRAPH_STACK_FEATURES_REPLICAS": "two"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "Invalid setting SCOREGRAPH_STACK_FEATURES_REPLICAS: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
 def test_a_benchmark_or_test_stack_refuses_ports_in_use_before_starting(tmp_path):
     with a_port_taken("gateway_port") as (settings, _, port):
         ports = {k.upper(): v for k, v in settings.model_dump().items() if k.endswith("port")}
