@@ -19,7 +19,7 @@ from services.runtime.faults import fault_interceptors
 from services.runtime.interceptors import StatusInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.settings import InvalidSettings, ServiceSettings, host_port, read_settings
-from services.runtime.tracing import TelemetryInterceptor
+from services.runtime.tracing import TelemetryInterceptor, otlp_protocol
 
 log = structlog.get_logger(__name__)
 
@@ -33,9 +33,11 @@ _ServiceSettings = TypeVar("_ServiceSettings", bound=ServiceSettings)
 
 def service_settings(cls: type[_ServiceSettings], *, service: str) -> _ServiceSettings:
     """The service's settings from the environment, its logging configured at their level. A value they
-    refuse ends the process with an error line naming the variable (not the value), exit status 2."""
+    refuse, or an OTLP export that OTEL_* variables ask for and is not made here, ends the process with an
+    error line naming the variable (not the value), exit status 2."""
     try:
         settings = read_settings(cls)
+        otlp_protocol()
     except InvalidSettings as error:
         configure_logging("INFO", service=service)
         for variable, reason in error.problems:

@@ -39,6 +39,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from services.runtime import metrics
 from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
 from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter
+from services.runtime.settings import InvalidSettings
 from services.runtime.spans import LeanSpan, LeanTracerProvider
 
 _log = structlog.get_logger("services.runtime.tracing")
@@ -149,21 +150,34 @@ class AllowListedAttributes(SpanProcessor):
         return self._delegate.force_flush(timeout_millis)
 
 
+_EXPORTERS: dict[str, type[SpanExporter]] = {
+    "grpc": OTLPGrpcSpanExporter,
+    "http/protobuf": OTLPHttpSpanExporter,
+}
+
+
+def otlp_protocol(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The OTLP protocol the standard variables have spans exported with, or None when they name no
+    endpoint (or the exporter `none`). One they ask for that is not exported here raises `InvalidSettings`
+    naming the variable: spans the user asked for are not silently dropped."""
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    exporters = {name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")}
+    if not endpoint or exporters == {"none"}:
+        return None
+    if exporters - {"otlp", "none"}:
+        raise InvalidSettings([("OTEL_TRACES_EXPORTER", "spans are exported as otlp, or not at all (none)")])
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        if protocol := environ.get(variable, "").strip():
+            if protocol not in _EXPORTERS:
+                raise InvalidSettings([(variable, "spans are exported over grpc or http/protobuf")])
+            return protocol
+    return "http/protobuf"
+
+
 def otlp_exporter(environ: Mapping[str, str] = os.environ) -> SpanExporter | None:
     """The OTLP exporter the standard variables ask for, or None when they name no endpoint."""
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not endpoint or environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
-        return None
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol == "grpc":
-        return OTLPGrpcSpanExporter()
-    if protocol == "http/protobuf":
-        return OTLPHttpSpanExporter()
-    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: scoregraph exports grpc or http/protobuf")
+    protocol = otlp_protocol(environ)
+    return None if protocol is None else _EXPORTERS[protocol]()
 
 
 def configure_tracing(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:

@@ -57,7 +57,8 @@ OTHER = [
         "OTEL_*",
         "",
         "OpenTelemetry's standard variables: OTEL_EXPORTER_OTLP_ENDPOINT (setting it turns export on), "
-        "OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf or grpc), OTEL_TRACES_SAMPLER(_ARG), OTEL_SERVICE_NAME, "
+        "OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf or grpc; another is refused at start), "
+        "OTEL_TRACES_EXPORTER (otlp or none), OTEL_TRACES_SAMPLER(_ARG), OTEL_SERVICE_NAME, "
         "OTEL_BSP_* (Triton's exporter takes the schedule delay, queue size and export batch size too).",
     ),
 ]

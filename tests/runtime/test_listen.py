@@ -46,3 +46,24 @@ def test_a_refused_setting_ends_a_service_with_a_line_naming_the_variable_not_th
     assert [(e["event"], e["variable"], e["service"]) for e in errors] == [
         ("invalid setting", f"{prefix}PORT", service),
     ]
+
+
+def test_an_otlp_export_a_service_cannot_make_ends_it_naming_the_variable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.postprocess"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stdout + done.stderr
+    errors = [line for line in map(json.loads, done.stdout.splitlines()) if line["level"] == "error"]
+    assert [(e["event"], e["variable"]) for e in errors] == [
+        ("invalid setting", "OTEL_EXPORTER_OTLP_PROTOCOL")
+    ]

@@ -25,6 +25,7 @@ from services.runtime.errors import FieldViolation, InvalidInput
 from services.runtime.otlp import OTLPGrpcSpanExporter as GrpcExporter
 from services.runtime.otlp import OTLPHttpSpanExporter as HttpExporter
 from services.runtime.server import GrpcServer
+from services.runtime.settings import InvalidSettings
 from services.runtime.spans import LeanTracerProvider
 from services.runtime.tracing import AllowListedAttributes, client_interceptors, observed_hop, otlp_exporter
 from services.stack.collector import TraceCollector
@@ -215,6 +216,26 @@ def test_the_allow_list_reaches_event_and_link_attributes_of_an_otherwise_clean_
 def test_the_standard_variables_pick_the_exporter(environ, kind):
     exporter = otlp_exporter(environ)
     assert exporter is None if kind is None else type(exporter) is kind
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "pigeon"},
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, "OTEL_TRACES_EXPORTER"),
+    ],
+)
+def test_an_export_that_is_not_made_here_is_refused_naming_its_variable(environ, variable):
+    # Before, an unknown protocol ended the service with a traceback, and an unknown exporter (zipkin,
+    # console) exported OTLP instead.
+    with pytest.raises(InvalidSettings) as refused:
+        otlp_exporter({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", **environ})
+    assert [name for name, _ in refused.value.problems] == [variable]
 
 
 def test_triton_exports_over_http_to_the_configured_endpoint():
