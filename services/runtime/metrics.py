@@ -1,9 +1,9 @@
 """Prometheus metrics every scoregraph service exposes on its `/metrics` endpoint.
 
-RED metrics per RPC served (`TelemetryInterceptor`) and per upstream hop called (`client_interceptors`,
-`observed_hop`), and the domain's own counters; the resilience counters (hedges, retries, degraded verdicts
-by failed hop) are in resilience.py. Label values are closed sets (method names, status code
-names, hop names, verdicts, model versions): never anything taken from a request.
+RED metrics per RPC served (`TelemetryInterceptor`) and per upstream hop called (each attempt of a
+`HedgedCall`, hedges and retries included), and the domain's own counters; the resilience counters
+(hedges, retries, degraded verdicts by failed hop) are in resilience.py. Label values are closed sets
+(method names, status code names, hop names, verdicts, model versions): never anything taken from a request.
 """
 
 from prometheus_client import Counter, Histogram
@@ -40,12 +40,14 @@ RPC_SERVER_DURATION = Histogram(
 )
 UPSTREAM_REQUESTS = Counter(
     "scoregraph_upstream_requests",
-    "Calls to an upstream hop (each attempt and hedge counts), by hop and the gRPC status code it answered.",
+    "Calls to an upstream hop (each attempt, hedge and retry counts), by hop and the gRPC status code it "
+    "answered (CANCELLED: another attempt answered first).",
     ["hop", "grpc_code"],
 )
 UPSTREAM_DURATION = Histogram(
     "scoregraph_upstream_duration_seconds",
-    "Time a call to an upstream hop took, by hop and the gRPC status code it answered.",
+    "Time a call to an upstream hop took (each attempt, hedge and retry), by hop and the gRPC status code it "
+    "answered.",
     ["hop", "grpc_code"],
     buckets=LATENCY_BUCKETS_S,
 )

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -27,6 +27,7 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from services.runtime import metrics
 from services.runtime.errors import DeadlineExceeded, FieldViolation
 
 log = structlog.get_logger(__name__)
@@ -316,6 +317,8 @@ class HedgedCall(Generic[T]):
         self.hedge_budget = TokenBucket(hedge.budget, hedge.burst)
         self.retry_budget = TokenBucket(retry.budget, retry.burst)
         self._tracer = tracer or trace.get_tracer(__name__)
+        # The per-hop RED metrics' children, looked up once per status code.
+        self._red: dict[grpc.StatusCode, tuple[Any, Any]] = {}
 
     def hedge_delay_s(self) -> float | None:
         """How long the first attempt runs alone; None: no backup attempt."""
@@ -519,9 +522,9 @@ class HedgedCall(Generic[T]):
                     span.set_status(
                         trace.Status(trace.StatusCode.ERROR, grpc.StatusCode.DEADLINE_EXCEEDED.name)
                     )
-                    self._finish(span, FAILED)
+                    self._finish(span, FAILED, grpc.StatusCode.DEADLINE_EXCEEDED, started)
                 else:
-                    self._finish(span, CANCELLED)
+                    self._finish(span, CANCELLED, grpc.StatusCode.CANCELLED, started)
                 raise
             except AttemptFailed as failure:
                 failure.replica = replica.address
@@ -529,22 +532,33 @@ class HedgedCall(Generic[T]):
                 if failure.code in _EJECTING_CODES:
                     self.replicas.eject(replica)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, failure.code.name))
-                self._finish(span, FAILED)
+                self._finish(span, FAILED, failure.code, started)
                 raise
             except BaseException:
-                self._finish(span, FAILED)
+                self._finish(span, FAILED, grpc.StatusCode.UNKNOWN, started)
                 raise
             self.latencies.record(time.perf_counter() - started)
             if race.winner is None:
                 race.winner = number
-                self._finish(span, WON)
+                self._finish(span, WON, grpc.StatusCode.OK, started)
                 if number > 0:
                     HEDGES_WON.labels(self.hop).inc()
             else:
                 # Answered in the same instant as the winner: its answer is dropped as if cancelled.
-                self._finish(span, CANCELLED)
+                self._finish(span, CANCELLED, grpc.StatusCode.OK, started)
             return result
 
-    def _finish(self, span: trace.Span, outcome: str) -> None:
+    def _finish(self, span: trace.Span, outcome: str, code: grpc.StatusCode, started: float) -> None:
+        """Record how an attempt ended: its span's outcome, the attempt counts, and the hop's RED metrics
+        (`code` is what the replica answered; CANCELLED when the attempt lost the race, DEADLINE_EXCEEDED
+        when the call's deadline passed first)."""
         span.set_attribute(OUTCOME_ATTRIBUTE, outcome)
         HOP_ATTEMPTS.labels(self.hop, outcome).inc()
+        red = self._red.get(code)
+        if red is None:
+            red = self._red[code] = (
+                metrics.UPSTREAM_REQUESTS.labels(self.hop, code.name),
+                metrics.UPSTREAM_DURATION.labels(self.hop, code.name),
+            )
+        red[0].inc()
+        red[1].observe(time.perf_counter() - started)

@@ -19,11 +19,10 @@ never leave in a span, whoever sets it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -50,13 +49,13 @@ SPAN_ATTRIBUTES: Mapping[str, str] = {
     "rpc.service": "full name of the gRPC service, e.g. `scoregraph.gateway.v1.GatewayService`",
     "rpc.method": "gRPC method name, e.g. `Score`",
     "rpc.grpc.status_code": "numeric gRPC status code of the call",
-    "server.address": "host the server listens on (server spans) or the upstream's target (client spans)",
-    "server.port": "port the server listens on (server spans)",
+    "server.address": "host the server listens on (server spans) or the replica's host (attempt spans)",
+    "server.port": "port the server listens on (server spans) or the replica's port (attempt spans)",
     "db.system": "online store a feature read went to: `sqlite` or `redis`",
     "error.type": "exception class or status code name of a failed call",
     "exception.type": "exception class, in an exception event (its message and stack trace are dropped)",
     # scoregraph's own.
-    "scoregraph.hop": "upstream a client span calls: `features`, `predict` or `postprocess`",
+    "scoregraph.hop": "upstream an attempt span calls: `features`, `predict` or `postprocess`",
     "scoregraph.model_name": "model that scored the transaction",
     "scoregraph.model_version": "version of that model",
     "scoregraph.verdict": "verdict answered: NOT_FRAUD, SUSPICIOUS, HIGHLY_SUSPICIOUS or UNCERTAIN",
@@ -87,7 +86,6 @@ _ERROR_SERVER_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-_PROPAGATED_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 class AllowListedAttributes(SpanProcessor):
@@ -309,93 +307,3 @@ def _code_of(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
-
-
-class ObservedHop:
-    """One call to an upstream hop as it is being made: the headers to send and the outcome to record."""
-
-    __slots__ = ("code", "headers", "span")
-
-    def __init__(self, span: trace.Span, headers: dict[str, str]) -> None:
-        self.span = span
-        self.headers = headers
-        """W3C trace context of the hop's client span, to send as gRPC metadata or HTTP headers."""
-        self.code = grpc.StatusCode.OK
-        """Set by the caller when the call fails without raising; an escaping exception sets it too."""
-
-
-@contextlib.contextmanager
-def observed_hop(hop: str, *, target: str | None = None) -> Iterator[ObservedHop]:
-    """Time a call to `hop` for the per-hop RED metrics, in a client span (child of the current span) whose
-    context is in `.headers`.
-
-    A hedging or retrying caller that makes its own span per attempt makes it current first: that span is
-    then the client span, and no second one is made.
-    """
-    started = time.perf_counter()
-    current = trace.get_current_span()
-    own_span = not _is_attempt_span(current, hop)
-    if own_span:
-        attributes: dict[str, Any] = {"rpc.system": "grpc", "scoregraph.hop": hop}
-        if target:
-            attributes["server.address"] = target
-        span = trace.get_tracer(__name__).start_span(hop, kind=SpanKind.CLIENT, attributes=attributes)
-        ctx = trace.set_span_in_context(span)
-    else:
-        span, ctx = current, None
-    headers: dict[str, str] = {}
-    propagate.inject(headers, context=ctx)
-    observed = ObservedHop(span, headers)
-    try:
-        yield observed
-    except BaseException as error:
-        if observed.code is grpc.StatusCode.OK:
-            observed.code = _code_of(error) if not isinstance(error, grpc.aio.AioRpcError) else error.code()
-        raise
-    finally:
-        code = observed.code
-        if own_span:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                span.set_attribute("error.type", code.name)
-                span.set_status(StatusCode.ERROR)
-            span.end()
-        metrics.UPSTREAM_REQUESTS.labels(hop, code.name).inc()
-        metrics.UPSTREAM_DURATION.labels(hop, code.name).observe(time.perf_counter() - started)
-
-
-def _is_attempt_span(span: trace.Span, hop: str) -> bool:
-    if getattr(span, "kind", None) is SpanKind.CLIENT:
-        return True
-    attributes = getattr(span, "attributes", None) or {}
-    return attributes.get("scoregraph.hop") == hop
-
-
-class HopInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """`observed_hop` around every unary call on a channel: client span, W3C context in the metadata
-    (replacing any the caller put there), per-hop RED metrics."""
-
-    def __init__(self, hop: str) -> None:
-        self._hop = hop
-
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        with observed_hop(self._hop) as observed:
-            details = client_call_details._replace(
-                metadata=_with_trace_context(client_call_details.metadata, observed.headers)
-            )
-            call = await continuation(details, request)
-            observed.code = await call.code()
-            return call
-
-
-def _with_trace_context(
-    metadata: Sequence[tuple[str, Any]] | None, headers: MutableMapping[str, str]
-) -> grpc.aio.Metadata:
-    kept = [(key, value) for key, value in (metadata or ()) if key not in _PROPAGATED_KEYS]
-    return grpc.aio.Metadata(*kept, *headers.items())
-
-
-def client_interceptors(hop: str) -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors for a grpc.aio channel to `hop`: `grpc.aio.insecure_channel(target,
-    interceptors=client_interceptors("features"))`."""
-    return [HopInterceptor(hop)]

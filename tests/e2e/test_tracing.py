@@ -166,9 +166,12 @@ def test_every_service_counts_its_rpcs_and_the_gateway_its_hops_and_verdicts(tra
     assert samples(gateway, "scoregraph_verdicts_total", model_name="fraud_mlp", model_version="1") >= len(
         scored
     )
-    assert samples(gateway, "scoregraph_upstream_requests_total") + samples(
-        gateway, "scoregraph_hop_attempts_total"
-    ) >= 3 * len(scored), "per-hop counts"
+    for hop in ("features", "predict", "postprocess"):
+        # Per upstream hop, every attempt: counted and timed.
+        assert samples(gateway, "scoregraph_upstream_requests_total", hop=hop, grpc_code="OK") >= len(scored)
+        assert samples(gateway, "scoregraph_upstream_duration_seconds_count", hop=hop) == samples(
+            gateway, "scoregraph_upstream_requests_total", hop=hop
+        )
     served = sum(samples(pages[name], requests, rpc_method="GetFeatures") for name in pages)
     assert served >= len(scored)
     assert sum(samples(pages[name], requests, rpc_method="Label") for name in pages) >= len(scored)

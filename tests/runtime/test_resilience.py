@@ -269,6 +269,39 @@ async def test_hedges_stop_when_the_budget_is_spent(hedged) -> None:
     assert len(slow_a.calls) + len(slow_b.calls) == 7
 
 
+def red(hop: str, code: str) -> tuple[float, float, float]:
+    """The hop's RED metrics for `code`: attempts counted, attempts timed, seconds timed."""
+    labels = {"hop": hop, "grpc_code": code}
+    return tuple(
+        REGISTRY.get_sample_value(f"scoregraph_upstream_{name}", labels) or 0.0
+        for name in ("requests_total", "duration_seconds_count", "duration_seconds_sum")
+    )
+
+
+async def test_every_attempt_is_counted_and_timed_by_the_status_it_ended_with(hedged) -> None:
+    # A hedged call: the first attempt is cancelled when the hedge answers.
+    slow, fast = (
+        ScriptedReplica("slow", answers("slow", after_s=1.0)),
+        ScriptedReplica("fast", answers("fast")),
+    )
+    call = hedged(slow, fast, hedge=FIXED_20MS)
+    assert await call(call_replica, deadline()) == "fast"
+
+    ok, cancelled = red(call.hop, "OK"), red(call.hop, "CANCELLED")
+    assert ok[:2] == cancelled[:2] == (1, 1)
+    assert cancelled[2] >= 0.02 > ok[2]  # the first attempt ran until the hedge won
+
+    # A failed hedge beside an answer.
+    late, broken = (
+        ScriptedReplica("late", answers("late", after_s=0.06)),
+        ScriptedReplica("broken", fails(grpc.StatusCode.UNAVAILABLE)),
+    )
+    call = hedged(late, broken, hedge=FIXED_20MS)
+    assert await call(call_replica, deadline()) == "late"
+
+    assert red(call.hop, "OK")[:2] == red(call.hop, "UNAVAILABLE")[:2] == (1, 1)
+
+
 async def test_the_extra_load_stays_within_the_budget_when_every_call_is_slow(hedged) -> None:
     a = ScriptedReplica("a", answers("a", after_s=0.004))
     b = ScriptedReplica("b", answers("b", after_s=0.004))

@@ -24,12 +24,11 @@ from services.runtime import tracing
 from services.runtime.errors import FieldViolation, InvalidInput
 from services.runtime.otlp import OTLPGrpcSpanExporter as GrpcExporter
 from services.runtime.otlp import OTLPHttpSpanExporter as HttpExporter
-from services.runtime.server import GrpcServer
 from services.runtime.settings import InvalidSettings
 from services.runtime.spans import LeanTracerProvider
-from services.runtime.tracing import AllowListedAttributes, client_interceptors, observed_hop, otlp_exporter
+from services.runtime.tracing import AllowListedAttributes, otlp_exporter
 from services.stack.collector import TraceCollector
-from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, gateway_registration, runtime_settings
+from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME
 
 TEST_PAN = "4111111111111111"
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -129,44 +128,6 @@ async def test_health_checks_are_not_traced(serve_gateway, spans):
     await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
 
     assert spans.get_finished_spans() == ()
-
-
-async def test_a_hop_is_a_client_span_whose_context_reaches_the_server(spans):
-    async def score(request):
-        return gateway_pb2.ScoreResponse()
-
-    server = GrpcServer(runtime_settings(), [gateway_registration(score)])
-    await server.start()
-    try:
-        target = f"127.0.0.1:{server.port}"
-        async with grpc.aio.insecure_channel(target, interceptors=client_interceptors("gateway")) as hop:
-            await gateway_pb2_grpc.GatewayServiceStub(hop).Score(
-                gateway_pb2.ScoreRequest(), metadata=(("traceparent", PARENT),)
-            )
-    finally:
-        await server.stop()
-
-    server_span, client_span = sorted(spans.get_finished_spans(), key=lambda s: s.kind is SpanKind.CLIENT)
-    assert client_span.kind is SpanKind.CLIENT and client_span.attributes["scoregraph.hop"] == "gateway"
-    assert server_span.parent.span_id == client_span.context.span_id, "the caller's stale traceparent lost"
-    assert REGISTRY.get_sample_value(
-        "scoregraph_upstream_requests_total", {"hop": "gateway", "grpc_code": "OK"}
-    )
-
-
-def test_an_attempt_span_of_the_hop_is_not_doubled(spans):
-    tracer = tracing.trace.get_tracer("test")
-    with (
-        tracer.start_as_current_span(
-            "features attempt", attributes={"scoregraph.hop": "features"}
-        ) as attempt,
-        observed_hop("features") as observed,
-    ):
-        pass
-
-    assert observed.span is attempt
-    assert [span.name for span in spans.get_finished_spans()] == ["features attempt"]
-    assert f"{attempt.get_span_context().span_id:016x}" in observed.headers["traceparent"]
 
 
 def test_the_allow_list_drops_unknown_attributes_exception_text_and_status_descriptions(spans):
