@@ -174,6 +174,8 @@ class ScoreGraph:
             )
             span.set_attribute("scoregraph.verdict", verdict.name)
             span.set_attribute("scoregraph.degraded", assessment.degraded)
+            if failures:
+                span.set_attribute("scoregraph.failed_hops", [failure.hop for failure in failures])
             log.info(
                 "scored",
                 transaction_id=tx.transaction_id,

@@ -189,6 +189,18 @@ async def test_failed_postprocess_after_failed_features_names_both(make_graph, u
     assert assessment.score is None
 
 
+async def test_the_calls_span_names_the_hops_that_failed(make_graph, upstreams, spans) -> None:
+    upstreams.features.answer = failing(grpc.StatusCode.UNAVAILABLE)
+    upstreams.postprocess.answer = failing(grpc.StatusCode.UNAVAILABLE)
+    spans.clear()
+
+    await make_graph().score(valid_request(), budget_s=BUDGET_S)
+
+    [score] = [span for span in spans.get_finished_spans() if span.name == "score"]
+    assert score.attributes["scoregraph.failed_hops"] == ("features", "postprocess")
+    assert score.attributes["scoregraph.degraded"] is True
+
+
 async def test_a_label_without_a_verdict_counts_as_failed_postprocess(make_graph, upstreams) -> None:
     upstreams.postprocess.answer = label_answer(postprocess_pb2.LABEL_UNSPECIFIED)
 
