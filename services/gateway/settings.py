@@ -58,8 +58,8 @@ class GatewaySettings(ServiceSettings):
 
     on_dependency_failure: DependencyFailurePolicy = "uncertain"
     """What a failed features, predict or postprocess call does: `uncertain` answers VERDICT_UNCERTAIN
-    with degraded set and a reason naming the hop; `fail` fails the call with UNAVAILABLE or
-    DEADLINE_EXCEEDED naming the hop."""
+    with degraded set and a reason naming the hop; `fail` fails the call naming the hop: DEADLINE_EXCEEDED,
+    UNAVAILABLE (the hop was unavailable or overloaded) or INTERNAL (any other failure)."""
 
     max_clock_skew_s: float = Field(default=300.0, ge=0)
     """How far in the future a transaction's created_at may lie, for clocks that run ahead of ours."""

@@ -21,7 +21,7 @@ def main() -> None:
         "--anchor",
         type=datetime.fromisoformat,
         default=None,
-        help="end of history / start of the live stream, ISO 8601 UTC (default: today 00:00 UTC)",
+        help="end of history / start of the live stream, ISO 8601 UTC (default: yesterday 00:00 UTC)",
     )
     args = parser.parse_args()
     spec = WorldSpec(
