@@ -9,6 +9,7 @@ import enum
 import math
 import os
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from services.features.keys import card_device_id
 from services.features.settings import FeaturesSettings
 from services.predict.contract import FeatureContract
 from services.runtime.errors import FieldViolation, InvalidInput, UpstreamFailed
+from services.runtime.metrics import observe_upstream_call
 from services.synthetic.transactions import USD_RATES
 
 forget_feast_metrics_dir()
@@ -358,6 +360,7 @@ class OnlineFeatures:
             "ip_country": values.ip_country,
             "channel": values.channel,
         }
+        started = time.perf_counter()
         try:
             with _tracer.start_as_current_span(
                 "feast online read",
@@ -366,7 +369,9 @@ class OnlineFeatures:
             ):
                 columns = self._read_columns(served, row)
         except _STORE_ERRORS as error:
+            observe_upstream_call(ONLINE_STORE_HOP, "UNAVAILABLE", time.perf_counter() - started)
             raise UpstreamFailed(ONLINE_STORE_HOP, grpc.StatusCode.UNAVAILABLE, str(error)) from error
+        observe_upstream_call(ONLINE_STORE_HOP, "OK", time.perf_counter() - started)
         return vector_from_columns(columns, served, event_time)
 
     def _read_columns(self, served: ServedFeatureService, row: Mapping[str, object]) -> dict[str, Column]:

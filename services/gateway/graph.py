@@ -3,6 +3,7 @@
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -14,6 +15,7 @@ from opentelemetry.context import Context
 from scoregraph.features.v1 import features_pb2, features_pb2_grpc
 from scoregraph.gateway.v1 import gateway_pb2
 from scoregraph.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
+from tritonclient.grpc import service_pb2
 
 from services.gateway.assessment import Assessment, Reason, Verdict
 from services.gateway.codec import UnknownLabel, decode_label
@@ -53,6 +55,13 @@ R = TypeVar("R")
 FEATURES = "features"
 PREDICT = "predict"
 POSTPROCESS = "postprocess"
+
+
+def _rpc(module: ModuleType, service: str, method: str) -> tuple[str, str]:
+    """(full service name, method name) of `service`'s `method` in a generated `_pb2` module."""
+    descriptor = module.DESCRIPTOR.services_by_name[service]
+    return descriptor.full_name, descriptor.methods_by_name[method].name
+
 
 _PREDICT_ERROR_CODES = (
     (PredictTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -109,12 +118,16 @@ class ScoreGraph:
     ) -> None:
         retry = settings.retry_policy()
 
-        def hedged(hop: str, replicas: ReplicaSet) -> HedgedCall:
-            return HedgedCall(hop, replicas, hedge=settings.hedge_policy(hop), retry=retry, tracer=tracer)
+        def hedged(hop: str, replicas: ReplicaSet, rpc: tuple[str, str]) -> HedgedCall:
+            return HedgedCall(
+                hop, replicas, hedge=settings.hedge_policy(hop), retry=retry, tracer=tracer, rpc=rpc
+            )
 
-        self.features = hedged(FEATURES, features)
-        self.predict = hedged(PREDICT, predictor)
-        self.postprocess = hedged(POSTPROCESS, postprocess)
+        self.features = hedged(FEATURES, features, _rpc(features_pb2, "FeaturesService", "GetFeatures"))
+        self.predict = hedged(PREDICT, predictor, _rpc(service_pb2, "GRPCInferenceService", "ModelInfer"))
+        self.postprocess = hedged(
+            POSTPROCESS, postprocess, _rpc(postprocess_pb2, "PostprocessService", "Label")
+        )
         self._served = served_model
         self._tracer = tracer
         self._card_key = settings.card_key.get_secret_value()

@@ -6,6 +6,8 @@ RED metrics per RPC served (`TelemetryInterceptor`) and per upstream hop called 
 (method names, status code names, hop names, verdicts, model versions): never anything taken from a request.
 """
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 # Finer at the low end: a healthy hop answers in about a millisecond, a Score call in a few.
@@ -62,3 +64,19 @@ FEATURE_STATUSES = Counter(
     "Feature values served, by feature service and status (present, missing, stale).",
     ["feature_service", "status"],
 )
+
+
+_UPSTREAM_SERIES: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def observe_upstream_call(hop: str, code: str, seconds: float) -> None:
+    """Count a call to `hop` that ended with the gRPC status named `code` and took `seconds`, in the per-hop
+    RED metrics (their children looked up once per hop and code)."""
+    series = _UPSTREAM_SERIES.get((hop, code))
+    if series is None:
+        series = _UPSTREAM_SERIES[hop, code] = (
+            UPSTREAM_REQUESTS.labels(hop, code),
+            UPSTREAM_DURATION.labels(hop, code),
+        )
+    series[0].inc()
+    series[1].observe(seconds)

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -296,8 +296,9 @@ class _Race:
 class HedgedCall(Generic[T]):
     """Calls one hop (an idempotent read) over its replicas: hedged, retried, within the caller's deadline.
 
-    Each attempt is a span of its own, a sibling of the others under the caller's current span, named
-    `<hop> attempt` and marked won, cancelled or failed; its trace context goes out in the attempt's headers.
+    Each attempt is a client span of its own, a sibling of the others under the caller's current span, named
+    `<hop> attempt` and marked won, cancelled or failed, with the RPC conventions' attributes when `rpc` names
+    the gRPC service and method called; its trace context goes out in the attempt's headers.
     """
 
     def __init__(
@@ -308,6 +309,7 @@ class HedgedCall(Generic[T]):
         hedge: HedgePolicy = HedgePolicy(),
         retry: RetryPolicy = RetryPolicy(),
         tracer: trace.Tracer | None = None,
+        rpc: tuple[str, str] | None = None,
     ) -> None:
         self.hop = hop
         self.replicas = replicas
@@ -317,8 +319,9 @@ class HedgedCall(Generic[T]):
         self.hedge_budget = TokenBucket(hedge.budget, hedge.burst)
         self.retry_budget = TokenBucket(retry.budget, retry.burst)
         self._tracer = tracer or trace.get_tracer(__name__)
-        # The per-hop RED metrics' children, looked up once per status code.
-        self._red: dict[grpc.StatusCode, tuple[Any, Any]] = {}
+        self._rpc_attributes: dict[str, str] = {HOP_ATTRIBUTE: hop}
+        if rpc is not None:
+            self._rpc_attributes.update({"rpc.system": "grpc", "rpc.service": rpc[0], "rpc.method": rpc[1]})
 
     def hedge_delay_s(self) -> float | None:
         """How long the first attempt runs alone; None: no backup attempt."""
@@ -503,7 +506,7 @@ class HedgedCall(Generic[T]):
     ) -> R:
         host, _, port = replica.address.rpartition(":")
         attributes = {
-            HOP_ATTRIBUTE: self.hop,
+            **self._rpc_attributes,
             ATTEMPT_ATTRIBUTE: number + 1,
             RETRY_ATTRIBUTE: race.retry,
             "server.address": host,
@@ -511,7 +514,7 @@ class HedgedCall(Generic[T]):
         }
         # The task runs in a copy of the caller's context: its span is a sibling of the other attempts'.
         with self._tracer.start_as_current_span(
-            f"{self.hop} attempt", kind=trace.SpanKind.INTERNAL, attributes=attributes
+            f"{self.hop} attempt", kind=trace.SpanKind.CLIENT, attributes=attributes
         ) as span:
             headers: dict[str, str] = {}
             propagate.inject(headers)
@@ -553,12 +556,6 @@ class HedgedCall(Generic[T]):
         (`code` is what the replica answered; CANCELLED when the attempt lost the race, DEADLINE_EXCEEDED
         when the call's deadline passed first)."""
         span.set_attribute(OUTCOME_ATTRIBUTE, outcome)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
         HOP_ATTEMPTS.labels(self.hop, outcome).inc()
-        red = self._red.get(code)
-        if red is None:
-            red = self._red[code] = (
-                metrics.UPSTREAM_REQUESTS.labels(self.hop, code.name),
-                metrics.UPSTREAM_DURATION.labels(self.hop, code.name),
-            )
-        red[0].inc()
-        red[1].observe(time.perf_counter() - started)
+        metrics.observe_upstream_call(self.hop, code.name, time.perf_counter() - started)

@@ -3,6 +3,7 @@ import math
 import grpc
 import pandas as pd
 import pytest
+from prometheus_client import REGISTRY
 
 from services.features.online import ONLINE_STORE_HOP, FeatureStatus, OnlineFeatures, open_online_store
 from services.features.settings import FeaturesSettings
@@ -66,7 +67,13 @@ def test_an_unreachable_store_is_an_upstream_failure(known_transactions, tmp_pat
     features = OnlineFeatures(store, [FEATURE_SERVICE])
     known = known_transactions[0]
 
+    failed = {"hop": ONLINE_STORE_HOP, "grpc_code": "UNAVAILABLE"}
+    before = REGISTRY.get_sample_value("scoregraph_upstream_requests_total", failed) or 0
+
     with pytest.raises(UpstreamFailed) as raised:
         read_for(features, known, known.materialized_until)
 
     assert (raised.value.hop, raised.value.code) == (ONLINE_STORE_HOP, grpc.StatusCode.UNAVAILABLE)
+    # The store is the features service's upstream hop: its failed read is counted and timed.
+    assert REGISTRY.get_sample_value("scoregraph_upstream_requests_total", failed) == before + 1
+    assert REGISTRY.get_sample_value("scoregraph_upstream_duration_seconds_count", failed) == before + 1

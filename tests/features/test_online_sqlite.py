@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from prometheus_client import REGISTRY
 
 from services.features.aggregates import minor_to_usd
 from services.features.feature_service import contract_of
@@ -36,12 +37,17 @@ def test_the_vector_is_in_the_feature_services_order(sqlite_features) -> None:
 
 
 def test_known_entities_read_back_what_was_materialized(sqlite_features, known_transactions) -> None:
+    served = {"hop": "online_store", "grpc_code": "OK"}
+    before = REGISTRY.get_sample_value("scoregraph_upstream_duration_seconds_count", served) or 0
     for known in known_transactions:
         vector = read_for(sqlite_features, known, known.materialized_until)
 
         assert vector.names == contract_of(sqlite_features.store, FEATURE_SERVICE).feature_names
         assert_stored_values_read_back(vector, known)
         assert set(vector.statuses) == {FeatureStatus.PRESENT}
+    # Each read is counted and timed as a call to the features service's upstream hop, the store.
+    after = REGISTRY.get_sample_value("scoregraph_upstream_duration_seconds_count", served)
+    assert after == before + len(known_transactions)
 
 
 def test_an_unknown_card_has_no_card_features_and_the_rest_present(

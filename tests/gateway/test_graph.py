@@ -442,8 +442,23 @@ async def test_every_hop_carries_the_trace_context_of_its_attempt_span(make_grap
         attempt = finished[f"{hop} attempt"]
         assert attempt.parent.span_id == score.context.span_id
         assert attempt.attributes["scoregraph.hedge.outcome"] == "won"
+        # A client span by OpenTelemetry's RPC conventions.
+        assert attempt.kind is trace.SpanKind.CLIENT
+        assert (
+            attempt.attributes["rpc.system"],
+            attempt.attributes["rpc.service"],
+            attempt.attributes["rpc.method"],
+            attempt.attributes["rpc.grpc.status_code"],
+        ) == ("grpc", *RPCS[hop], 0)
         parent = f"00-{assessment.trace_id}-{trace.format_span_id(attempt.context.span_id)}-"
         assert call.metadata["traceparent"].startswith(parent)
+
+
+RPCS = {
+    "features": ("scoregraph.features.v1.FeaturesService", "GetFeatures"),
+    "predict": ("inference.GRPCInferenceService", "ModelInfer"),
+    "postprocess": ("scoregraph.postprocess.v1.PostprocessService", "Label"),
+}
 
 
 async def test_under_a_servers_span_the_hops_hang_from_it_without_a_span_of_the_graphs_own(
