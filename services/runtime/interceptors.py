@@ -1,5 +1,6 @@
 """Server interceptors every scoregraph service runs."""
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +14,15 @@ from services.runtime.errors import ServiceError, UndecodableRequest, UpstreamFa
 log = structlog.get_logger(__name__)
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why a call whose servicer was cancelled ended: its deadline passed, or its caller cancelled it (a
+    hedge that lost its race, a caller that went away)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):
@@ -124,7 +134,11 @@ def _mapping_errors(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
             log.info("request failed", method=method, code=error.code.name, reason=error.message)
             await context.abort_with_status(to_status(error))
         except Exception:
-            log.exception("unexpected error", method=method)
+            log.exception("unexpected error", method=method, code=grpc.StatusCode.INTERNAL.name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        except asyncio.CancelledError:
+            # The call's one log line all the same, saying why it ended unanswered.
+            log.info("request cancelled", method=method, code=cancelled_code(context).name)
+            raise
 
     return mapped

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.runtime import metrics
-from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
+from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor, cancelled_code
 from services.runtime.otlp import OTLPGrpcSpanExporter, OTLPHttpSpanExporter
 from services.runtime.settings import InvalidSettings
 from services.runtime.spans import LeanSpan, LeanTracerProvider
@@ -285,7 +285,10 @@ class TelemetryInterceptor(UnaryInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except BaseException as error:
-                code = _code_of(error)
+                if isinstance(error, asyncio.CancelledError):
+                    code = cancelled_code(context)
+                else:
+                    code = grpc.StatusCode.UNKNOWN
                 span.set_attribute("error.type", type(error).__name__)
                 raise
             finally:
@@ -301,9 +304,3 @@ class TelemetryInterceptor(UnaryInterceptor):
                 count(code, time.perf_counter() - started)
 
         return observed
-
-
-def _code_of(error: BaseException) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN

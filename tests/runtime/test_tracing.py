@@ -120,6 +120,40 @@ async def test_failed_calls_carry_their_status_and_no_request_data(serve_gateway
     assert server_requests("INVALID_ARGUMENT") == before + 1
 
 
+@pytest.mark.parametrize("code", ["DEADLINE_EXCEEDED", "CANCELLED"])
+async def test_a_call_that_ends_unanswered_is_counted_and_logged_with_why(
+    serve_gateway, spans, json_logs, code
+):
+    # A cancelled servicer counted as CANCELLED whatever the cause, and logged nothing.
+    started = asyncio.Event()
+
+    async def score(request):
+        started.set()
+        await asyncio.sleep(10)
+
+    channel = await serve_gateway(score)
+    before = server_requests(code)
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+
+    if code == "DEADLINE_EXCEEDED":
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Score(gateway_pb2.ScoreRequest(), timeout=0.2)
+    else:
+        call = stub.Score(gateway_pb2.ScoreRequest())
+        await started.wait()
+        call.cancel()
+    [span] = await finished_spans(spans, 1)
+
+    assert span.attributes["rpc.grpc.status_code"] == getattr(grpc.StatusCode, code).value[0]
+    assert server_requests(code) == before + 1
+    [logged] = [record for record in json_logs.records() if record["event"] == "request cancelled"]
+    assert (logged["level"], logged["code"], logged["trace_id"]) == (
+        "info",
+        code,
+        f"{span.context.trace_id:032x}",
+    )
+
+
 async def test_health_checks_are_not_traced(serve_gateway, spans):
     async def score(request):
         return gateway_pb2.ScoreResponse()
