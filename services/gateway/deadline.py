@@ -35,6 +35,6 @@ class Deadline:
         timeout = remaining - self._reserve_s
         if timeout <= 0:
             raise DeadlineExceeded(
-                f"deadline too short: {max(remaining, 0.0) * 1000:.1f} ms left, {hop} not called"
+                f"deadline too short: {max(remaining, 0.0) * 1000:.1f} ms left, {hop} not called", hop=hop
             )
         return timeout

@@ -30,6 +30,8 @@ class ServiceError(Exception):
     """An expected failure with a status code that tells the caller what to do."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    hop: str | None = None
+    """The upstream hop the failure is about, when it is about one."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -127,6 +129,10 @@ class DeadlineExceeded(ServiceError):
     """What remains of the caller's deadline is too little to do the work, so it is not started."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self, message: str, *, hop: str | None = None) -> None:
+        super().__init__(message)
+        self.hop = hop
 
 
 def to_status(error: ServiceError) -> grpc.Status:

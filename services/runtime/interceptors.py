@@ -131,7 +131,9 @@ def _mapping_errors(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
             )
             await context.abort_with_status(to_status(error))
         except ServiceError as error:
-            log.info("request failed", method=method, code=error.code.name, reason=error.message)
+            log.info(
+                "request failed", method=method, code=error.code.name, hop=error.hop, reason=error.message
+            )
             await context.abort_with_status(to_status(error))
         except Exception:
             log.exception("unexpected error", method=method, code=grpc.StatusCode.INTERNAL.name)

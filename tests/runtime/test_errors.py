@@ -85,6 +85,20 @@ async def test_upstream_failure_names_the_hop_and_keeps_its_message_in_logs(
     assert logged["upstream_message"] == "redis at 10.0.0.7 refused"
 
 
+async def test_a_deadline_too_short_for_a_hop_is_logged_naming_the_hop(
+    serve_gateway, json_logs: LogCapture
+) -> None:
+    channel = await serve_gateway(
+        raising(DeadlineExceeded("deadline too short: predict not called", hop="predict"))
+    )
+
+    call = await failed_call(channel)
+
+    assert await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    [logged] = [r for r in json_logs.records() if r["event"] == "request failed"]
+    assert (logged["level"], logged["code"], logged["hop"]) == ("info", "DEADLINE_EXCEEDED", "predict")
+
+
 async def test_unexpected_errors_are_internal_without_their_text(
     serve_gateway, json_logs: LogCapture
 ) -> None:
