@@ -30,6 +30,10 @@ T = TypeVar("T")
 
 _ServiceSettings = TypeVar("_ServiceSettings", bound=ServiceSettings)
 
+#: Calls gRPC's core may hold for the server before it takes them up (its default cancels beyond 1000); a
+#: burst larger still is cancelled.
+_PENDING_CALLS_HELD = 10_000
+
 
 def service_settings(cls: type[_ServiceSettings], *, service: str) -> _ServiceSettings:
     """The service's settings from the environment, its logging configured at their level. A value they
@@ -119,9 +123,17 @@ class GrpcServer:
                 StatusInterceptor(),
             ],
             maximum_concurrent_rpcs=self._settings.max_concurrent_rpcs,
-            # Linux allows several servers on one port by default; a second replica started on a taken
-            # port must fail, not silently split the traffic.
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                # Linux allows several servers on one port by default; a second replica started on a taken
+                # port must fail, not silently split the traffic.
+                ("grpc.so_reuseport", 0),
+                # gRPC's core holds the calls that arrive faster than this process takes them up, and
+                # cancelled those beyond about 1000: their callers, who had cancelled nothing, were
+                # answered CANCELLED. A burst is bounded by the concurrency limit (RESOURCE_EXHAUSTED)
+                # and each call's deadline instead; a held call costs the core about its request's size.
+                ("grpc.server.max_pending_requests", _PENDING_CALLS_HELD),
+                ("grpc.server.max_pending_requests_hard_limit", _PENDING_CALLS_HELD),
+            ],
         )
         names = [registration.descriptor.full_name for registration in self._registrations]
         for registration in self._registrations:

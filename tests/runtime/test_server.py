@@ -162,3 +162,24 @@ async def test_a_service_serves_grpc_and_metrics_on_an_ipv6_address(host) -> Non
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
+
+
+async def test_a_burst_beyond_what_the_server_takes_at_once_is_shed_never_cancelled(serve_gateway) -> None:
+    # gRPC's core holds calls the server has not taken up yet, and cancelled those beyond 1000 or so:
+    # callers that had cancelled nothing were answered CANCELLED. The burst is shed by the concurrency
+    # limit, RESOURCE_EXHAUSTED, as documented, or served.
+    async def score(request):
+        await asyncio.sleep(0.005)
+        return gateway_pb2.ScoreResponse()
+
+    stub = gateway_pb2_grpc.GatewayServiceStub(await serve_gateway(score, max_concurrent_rpcs=64))
+
+    async def code(_: int) -> str:
+        try:
+            await stub.Score(gateway_pb2.ScoreRequest(), timeout=20)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return "OK"
+
+    codes = await asyncio.gather(*map(code, range(4000)))
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, {c: codes.count(c) for c in set(codes)}
