@@ -130,7 +130,7 @@ class GrpcServer:
                 # gRPC's core holds the calls that arrive faster than this process takes them up, and
                 # cancelled those beyond about 1000: their callers, who had cancelled nothing, were
                 # answered CANCELLED. A burst is bounded by the concurrency limit (RESOURCE_EXHAUSTED)
-                # and each call's deadline instead; a held call costs the core about its request's size.
+                # and each call's deadline instead. Each held call keeps its request in memory meanwhile.
                 ("grpc.server.max_pending_requests", _PENDING_CALLS_HELD),
                 ("grpc.server.max_pending_requests_hard_limit", _PENDING_CALLS_HELD),
             ],
