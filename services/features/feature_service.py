@@ -14,6 +14,7 @@ from feast import FeatureStore
 from services.features import forget_feast_metrics_dir
 from services.predict.contract import FeatureContract
 
+# Once, here: every module of this package that imports feast (online.py too) imports this one.
 forget_feast_metrics_dir()
 
 FEATURE_REPO = Path(__file__).parent / "feature_repo"

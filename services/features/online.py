@@ -24,7 +24,6 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from opentelemetry import trace
 
-from services.features import forget_feast_metrics_dir
 from services.features.aggregates import minor_to_usd
 from services.features.feature_service import contract_of
 from services.features.keys import card_device_id
@@ -33,8 +32,6 @@ from services.predict.contract import FeatureContract
 from services.runtime.errors import FieldViolation, InvalidInput, UpstreamFailed
 from services.runtime.metrics import observe_upstream_call
 from services.synthetic.transactions import USD_RATES
-
-forget_feast_metrics_dir()
 
 ONLINE_STORE_HOP = "online_store"
 """How a failed store read is named in `UpstreamFailed`."""
