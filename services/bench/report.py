@@ -85,7 +85,7 @@ one per call (hedges and retries), from each gateway's own counters.
 Gateway.Score at saturation (closed loop, {machine["saturation_concurrency"]} calls in flight) on the graph's
 stack, every call traced in every process (Triton included) and exported over OTLP/HTTP to a receiver in a
 process of its own on the same cores; on the same stack sampling nothing (each call's `traceparent` says "not
-sampled", and Triton's trace level is OFF for those turns); and on a stack with tracing off up beside it, its
+sampled", so no service records a span, Triton included); and on a stack with tracing off up beside it, its
 calls with and without that `traceparent` (which OpenTelemetry passes on to every hop with tracing off: what a
 traced caller costs a stack that does not trace). The four are driven in turns of a few seconds, each followed
 by a pause in which the traced stack exports what is left (its span processors' schedule delay is

@@ -11,8 +11,8 @@ Two baselines. On a busy machine two stacks differ by more than the 10 % sought 
 with tracing off in both, their saturation rates differed by 3-9 % (ratios 0.91 and 0.97), one turn against
 the other by up to 4x. So the traced stack is also driven sampling nothing (`UNSAMPLED`): its calls carry a
 W3C `traceparent` whose sampled flag is off, so every Python service makes non-recording spans and exports
-nothing (the parent-based sampler, OpenTelemetry's default), and its Triton servers' trace level is set to
-OFF (Triton's trace-setting API) for those turns. The same processes with and without sampling give
+nothing (the parent-based sampler, OpenTelemetry's default), and the gateway does not pass the context on to
+Triton, which then traces nothing. The same processes with and without sampling give
 sampling's cost free of the difference between stacks. But the stack with tracing off is the baseline a user
 compares with, and on a quiet machine two stacks with tracing off agreed (0.99), while the stack sampling
 nothing served 0.94 of one with tracing off: tracing on costs something even for a call it does not sample.
@@ -46,10 +46,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import tritonclient.grpc.aio as triton
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from scoregraph.gateway.v1 import gateway_pb2
-from tritonclient.utils import InferenceServerException
 
 from services.bench.calls import score_call
 from services.bench.loadgen import Call, RunResult, closed_loop, interleaved, merged, open_loop
@@ -69,7 +67,6 @@ from services.bench.processes import (
 )
 from services.bench.results import TracingRun
 from services.stack.collector import TraceCollector, span_counts, span_counts_json
-from services.stack.topology import processes
 
 TRACING_OFF = {
     # No receiver inside the stack's supervisor, no spans made (the Python SDK and tritonserver both honour
@@ -84,10 +81,6 @@ RECEIVER_ENDPOINT = f"http://127.0.0.1:{OTLP_HTTP_PORT}"
 TRACED = "on (100 % sampled)"
 UNSAMPLED = "on, 0 % sampled (same stack)"
 PROPAGATED = "off, the caller's traceparent passed on"
-#: The modes driven on the stack with tracing on: their turns set its Triton servers' tracing to match.
-_TRACED_MODES = frozenset({"unsampled", "on"})
-
-
 #: The span processors' schedule delay in the benchmark's traced stacks: OpenTelemetry's default, what a
 #: user's stack runs with (and tritonserver's, which takes it too). A processor exports when 512 spans are
 #: queued or when the delay has passed since its last export; each export costs 1-2 ms of CPU in the
@@ -116,27 +109,6 @@ def unsampled_trace_context() -> tuple[tuple[str, str], ...]:
     return (("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"),)
 
 
-async def set_triton_tracing(stack: LocalStack, on: bool) -> list[str]:
-    """Turn the tracing of every tritonserver of `stack` on (trace level TIMESTAMPS, as started) or OFF;
-    the replicas that could not be told (one restarting after a crash starts with tracing on), by name.
-
-    tritonserver 2.51 traces every request at its trace rate whatever the caller's sampled flag says, so
-    the unsampled turns turn it off through its trace-setting API."""
-    unreached = []
-    for process in processes(stack.settings):
-        if process.name.startswith("triton-"):
-            client = triton.InferenceServerClient(process.health_address)
-            try:
-                await client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS" if on else "OFF"]})
-            except InferenceServerException:
-                unreached.append(process.name)
-            finally:
-                await client.close()
-    if unreached:
-        console.log(f"tracing: could not turn tracing {'on' if on else 'off'} in {', '.join(unreached)}")
-    return unreached
-
-
 #: Length of one turn of each mode in the interleaved saturation runs.
 SLICE_S = 2.5
 #: Pause after each turn of every mode: the traced stack's span processors export what a turn left within
@@ -147,10 +119,9 @@ SETTLE_S = BSP_SCHEDULE_DELAY_MS / 1000 + 0.5
 class _Turns:
     """Turns of the tracing modes and what each cost: the CPU, by part of the graph, of the processes that
     served it (`serving[key]`) over the turn and the pause of `settle_s` after it (what a turn leaves to
-    export is its own). A turn of `unsampled` or `on` sets `traced`'s Triton tracing to match first."""
+    export is its own)."""
 
-    def __init__(self, traced: LocalStack, serving: dict[str, list[Any]], settle_s: float) -> None:
-        self._traced = traced
+    def __init__(self, serving: dict[str, list[Any]], settle_s: float) -> None:
         self._serving = serving
         self._settle_s = settle_s
         self.cpu: dict[str, list[Counter[str]]] = {key: [] for key in serving}
@@ -163,8 +134,6 @@ class _Turns:
 
     def turn(self, key: str, drive: Callable[[], Awaitable[RunResult]]) -> Callable[[], Awaitable[RunResult]]:
         async def run() -> RunResult:
-            if key in _TRACED_MODES:
-                await set_triton_tracing(self._traced, key == "on")
             before = self._used(key)
             result = await drive()
             await asyncio.sleep(self._settle_s)
@@ -210,7 +179,7 @@ async def measure_tracing(
     flight for `seconds` in all, in interleaved turns of about SLICE_S after a warm-up, so all modes see the
     same machine. `traced` exports to `receiver`, whose CPU over the runs is charged to the traced calls.
     Each mode's CPU per call is its stack's over its turns and the pause of `settle_s` after each, in all
-    and turn by turn for each process. Triton's tracing is on again afterwards."""
+    and turn by turn for each process."""
     rounds = max(1, round(seconds / SLICE_S))
     with running_stack(
         out / "stack-untraced.log", TRACING_OFF, stack_ports(STACK_SLOTS["untraced"]), service_logs=True
@@ -226,9 +195,7 @@ async def measure_tracing(
                 ),
                 "on": await calls.enter_async_context(score_call(traced.gateway, requests)),
             }
-            calls.push_async_callback(set_triton_tracing, traced, True)
             turns = _Turns(
-                traced,
                 {
                     "off": [untraced.tree],
                     "propagated": [untraced.tree],
@@ -273,7 +240,7 @@ async def measure_steady_tracing(
     interleaved turns of `turn_s`: what sampling every call costs a stack that is not saturated, in CPU per
     call and in latency. At saturation the cores are busy in both modes, so the CPU per call there is their
     time over the calls served and moves with the rate however it falls, the machine's moods included; at
-    one rate for both modes it is sampling's alone. Triton's tracing is on again afterwards."""
+    one rate for both modes it is sampling's alone."""
     async with contextlib.AsyncExitStack() as calls:
         call_of = {
             "unsampled": await calls.enter_async_context(
@@ -281,8 +248,7 @@ async def measure_steady_tracing(
             ),
             "on": await calls.enter_async_context(score_call(traced.gateway, requests)),
         }
-        calls.push_async_callback(set_triton_tracing, traced, True)
-        turns = _Turns(traced, {"unsampled": [traced.tree], "on": [traced.tree, receiver.tree]}, settle_s)
+        turns = _Turns({"unsampled": [traced.tree], "on": [traced.tree, receiver.tree]}, settle_s)
 
         def steady(call: Call) -> Callable[[], Awaitable[RunResult]]:
             return lambda: open_loop(call, rate, turn_s)

@@ -1,13 +1,10 @@
 import sys
 import time
-from types import SimpleNamespace
 
 import psutil
 import pytest
 
 from services.bench.processes import Spawned, cpu_by_part, cpu_seconds, part_of
-from services.bench.tracing import set_triton_tracing
-from services.stack.topology import StackSettings
 
 
 def test_cpu_of_a_process_that_exited_under_the_tree_still_counts(tmp_path):
@@ -96,11 +93,3 @@ def test_stop_kills_a_process_of_its_groups_whose_parent_died_first(tmp_path, wh
     finally:
         if orphan.is_running():
             orphan.kill()
-
-
-async def test_triton_tracing_is_set_where_it_can_be_and_the_rest_named():
-    # Nothing listens on ports 9 and 19 (the replicas' gRPC ports here), as a replica restarting after a
-    # crash answers nothing for a while.
-    stack = SimpleNamespace(settings=StackSettings(triton_port=9))
-
-    assert await set_triton_tracing(stack, on=False) == ["triton-0", "triton-1"]

@@ -4,6 +4,7 @@ import yaml
 
 from services.features.settings import FeaturesSettings
 from services.postprocess.settings import PostprocessSettings
+from services.predict.tritonserver import trace_args
 from services.stack.topology import REPO
 
 COMPOSE = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
@@ -18,6 +19,12 @@ def test_jaeger_receives_otlp_from_every_scoregraph_service():
         assert env["OTEL_SERVICE_NAME"] == f"scoregraph-{name}"
     triton_args = " ".join(SERVICES["triton"]["command"])
     assert "mode=opentelemetry" in triton_args and "jaeger:4318/v1/traces" in triton_args
+    # The rate the embedded stack's tritonserver runs with: whatever the sampler, Triton traces the calls
+    # the gateway sampled, which alone send it their trace context.
+    [rate] = [
+        arg for arg in trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318"}) if "rate=" in arg
+    ]
+    assert rate in SERVICES["triton"]["command"]
 
 
 def test_the_gateway_reaches_each_upstream_on_the_port_it_listens_on():

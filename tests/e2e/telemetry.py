@@ -19,9 +19,10 @@ from tests.e2e.conftest import start_stack
 SCORE_SPAN = "scoregraph.gateway.v1.GatewayService/Score"
 TRITON_SERVICE = "scoregraph-triton"
 PYTHON_SERVICES = {"scoregraph-gateway", "scoregraph-features", "scoregraph-postprocess"}
-#: tritonserver 2.51 (nvidia-pytriton 0.7.0) now and then ignores a request's traceparent and starts a trace
-#: of its own: about 1 call in 40, seen with tritonclient calling it directly too, so not the gateway's
-#: doing. Of the traced calls a test makes, this many may lack Triton's spans.
+#: tritonserver 2.51 (nvidia-pytriton 0.7.0) now and then ignores a request's traceparent (2-4 calls in 100,
+#: seen with tritonclient calling it directly too, so not the gateway's doing) and, tracing only requests that
+#: come with one, traces nothing of that call. Of the traced calls a test makes, this many may lack Triton's
+#: spans.
 UNCONTINUED_BY_TRITON = 2
 
 

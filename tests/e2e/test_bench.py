@@ -5,7 +5,6 @@ The figures themselves belong to `make bench`; this checks only that the measuri
 from __future__ import annotations
 
 import pytest
-import tritonclient.grpc.aio as triton
 
 from services.bench.hedging import measure_slow_replica
 from services.bench.processes import STACK_SLOTS, running_stack, stack_ports
@@ -21,15 +20,6 @@ from services.bench.tracing import (
 from services.stack.traffic import score_request
 
 pytestmark = pytest.mark.e2e
-
-
-async def trace_level(address: str) -> list[str]:
-    client = triton.InferenceServerClient(address)
-    try:
-        settings = await client.get_trace_settings(as_json=True)
-    finally:
-        await client.close()
-    return settings["settings"]["trace_level"]["value"]
 
 
 def assert_each_turn_served(modes: dict[str, TracingRun]) -> None:
@@ -61,7 +51,6 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
             steady = await measure_steady_tracing(
                 stack, receiver, requests, rate=20, rounds=2, settle_s=1.0, turn_s=2.0
             )
-            triton_trace_level = [await trace_level(stack.address(name)) for name in ("triton-0", "triton-1")]
             hedging = await measure_slow_replica(
                 tmp_path, requests, rate=20, seconds=8.0, tracing=traced, healthy=stack
             )
@@ -89,8 +78,6 @@ async def test_tracing_and_hedging_comparisons_drive_each_contender_in_turns(tmp
         assert not run.run.closed
     assert_each_turn_served(steady)
     assert len(steady["on"].cpu_changes(steady["unsampled"])) == 2
-    # The unsampled turns turned Triton's tracing off; it is back on.
-    assert triton_trace_level == [["TIMESTAMPS"], ["TIMESTAMPS"]]
     # The traced stack exported every service's spans, Triton's included.
     services = {"gateway", "features", "postprocess", "triton"}
     assert {f"scoregraph-{service}" for service in services} <= set(spans_received(receiver))

@@ -121,6 +121,29 @@ def test_a_callers_trace_context_is_continued(traced_stack, scored):
     assert score.parent_span_id == CALLER_SPAN
 
 
+def test_a_call_its_caller_does_not_sample_is_traced_nowhere_triton_included(traced_stack, scored, live):
+    # Before, tritonserver traced every request that came with a trace context, sampled or not: each of
+    # these calls left Triton's spans in the collector (and at a sampling ratio of 0.1, 90 % of the traces
+    # held nothing but Triton's).
+    unsampled = [f"{n + 1:032x}" for n in range(6)]
+    rows = list(live.sample(9, random_state=11).itertuples(index=False))
+    with grpc.insecure_channel(traced_stack.stack.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        for trace_id, row in zip(unsampled, rows[:6], strict=True):
+            metadata = (("traceparent", f"00-{trace_id}-{CALLER_SPAN}-00"),)
+            assert stub.Score(score_request(row), timeout=5, metadata=metadata).trace_id == trace_id
+        # Sampled calls after them: once their traces are in, so would be whatever the unsampled ones left.
+        after = [stub.Score(score_request(row), timeout=5).trace_id for row in rows[6:]]
+    assert traced_stack.wait_for_traces(after), traced_stack.describe(after)
+
+    assert not [t for t in unsampled if traced_stack.collector.trace(t)]
+    # Every trace Triton is in is a Score call's: Triton starts none of its own.
+    for trace_id in traced_stack.collector.trace_ids():
+        assert any(span.name == SCORE_SPAN for span in traced_stack.collector.trace(trace_id)), (
+            traced_stack.describe([trace_id])
+        )
+
+
 def test_hedge_attempts_are_siblings_marked_won_or_cancelled(traced_stack, scored):
     attempts = [
         span

@@ -238,7 +238,8 @@ def test_triton_exports_over_http_to_the_configured_endpoint():
 
     assert "--trace-config=mode=opentelemetry" in args
     assert "--trace-config=opentelemetry,url=http://127.0.0.1:4318/v1/traces" in args
-    assert "--trace-config=rate=1" in args
+    # Only the requests that come with a trace context: the gateway sends it with the calls it samples.
+    assert "--trace-config=rate=0" in args
     assert "--trace-config=level=TIMESTAMPS" in args
 
 
@@ -266,10 +267,9 @@ def test_triton_is_not_traced_without_an_http_endpoint_or_when_sampling_nothing(
         trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
         == []
     )
-    assert (
-        trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "always_off"})
-        == []
-    )
+    for sampler, ratio in (("always_off", "1"), ("parentbased_always_off", "1"), ("traceidratio", "0")):
+        environ = {"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": ratio}
+        assert trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", **environ}) == []
 
 
 def test_triton_takes_its_own_url_when_the_services_export_over_grpc():
@@ -283,7 +283,9 @@ def test_triton_takes_its_own_url_when_the_services_export_over_grpc():
         }
     )
     assert "--trace-config=opentelemetry,url=http://c:4318/v1/traces" in args
-    assert "--trace-config=rate=10" in args
+    # Not a rate of its own (one in 10): Triton traces the calls the gateway sampled, which send it their
+    # trace context.
+    assert "--trace-config=rate=0" in args
 
 
 def exporting_provider(endpoint: str, timeout_s: float = 10) -> LeanTracerProvider:
