@@ -389,8 +389,9 @@ class HedgedCall(Generic[T]):
     def _count_retry(self, state: RetryCallState) -> None:
         RETRIES.labels(self.hop).inc()
         failure = state.outcome.exception() if state.outcome else None
-        # Budgeted (a share of calls), so a failing replica cannot flood the log.
-        log.info(
+        # At debug: the call's own line (`scored`, `request failed`) is its one at info, and the retry is in
+        # its trace (an attempt span) and in the retries counter.
+        log.debug(
             "retrying",
             hop=self.hop,
             attempt=state.attempt_number,
