@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import structlog
 
-from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor
+from services.runtime.interceptors import UnaryBehavior, UnaryInterceptor, cancelled_code
 from services.runtime.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -41,10 +41,18 @@ class FaultInterceptor(UnaryInterceptor):
         self._rng = rng or random.Random()
 
     def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        # A faulted call ends before the service's own error handling sees it: its one log line is here.
         async def faulty(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self._hang:
-                await asyncio.Event().wait()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    log.info(
+                        "request cancelled", method=method, code=cancelled_code(context).name, fault="hang"
+                    )
+                    raise
             if self._error_share and self._rng.random() < self._error_share:
+                log.info("request failed", method=method, code="UNAVAILABLE", reason="injected fault")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault")
             if self._delay_s and self._rng.random() < self._delay_share:
                 await asyncio.sleep(self._delay_s)

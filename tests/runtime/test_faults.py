@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -36,10 +37,14 @@ async def test_no_fault_is_configured_by_default() -> None:
 async def test_an_erroring_service_answers_unavailable_and_stays_healthy(faulty_gateway) -> None:
     channel = await faulty_gateway(fault_error_share=1.0)
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as raised:
         await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=5)
 
     assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    # The call's one line, as for any failed call (before: none).
+    assert [(e["event"], e["code"], e["log_level"]) for e in logs] == [
+        ("request failed", "UNAVAILABLE", "info")
+    ]
     health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -59,10 +64,16 @@ async def test_a_slow_service_answers_late(faulty_gateway) -> None:
 async def test_a_hung_service_answers_nothing_until_the_deadline(faulty_gateway) -> None:
     channel = await faulty_gateway(fault_hang=True)
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=0.2)
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=0.2)
+        for _ in range(100):  # the server learns of the deadline a moment after the caller
+            if logs:
+                break
+            await asyncio.sleep(0.01)
 
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [(e["event"], e["code"]) for e in logs] == [("request cancelled", "DEADLINE_EXCEEDED")]
     health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
