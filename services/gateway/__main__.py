@@ -38,7 +38,8 @@ async def serve(settings: GatewaySettings) -> None:
             postprocess=upstreams.postprocess,
             tracer=tracing.get_tracer("services.gateway"),
         )
-        await run(settings, [gateway_registration(graph)])
+        # The edge: a caller's baggage and tracestate stop here.
+        await run(settings, [gateway_registration(graph)], edge=True)
     finally:
         await upstreams.close()
         shutdown_tracing(tracing)

@@ -96,12 +96,15 @@ class GrpcServer:
         registrations: Sequence[ServiceRegistration],
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        edge: bool = False,
     ) -> None:
+        """`edge`: callers are outside scoregraph (the gateway's): of their trace headers only their trace
+        is taken (see `TelemetryInterceptor`)."""
         self._settings = settings
         self._registrations = registrations
         self._interceptors = interceptors
         self._health = health.aio.HealthServicer()
-        self._telemetry = TelemetryInterceptor()
+        self._telemetry = TelemetryInterceptor(edge=edge)
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None
 
@@ -195,8 +198,10 @@ async def run(
     registrations: Sequence[ServiceRegistration],
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    edge: bool = False,
 ) -> None:
-    """Serve `registrations` and the Prometheus endpoint until SIGTERM or SIGINT, then drain.
+    """Serve `registrations` and the Prometheus endpoint until SIGTERM or SIGINT, then drain; `edge` as
+    GrpcServer's.
 
     Meant as the body of a service's `__main__`: `run_service(run(settings, [registration]), settings)`.
     """
@@ -205,7 +210,7 @@ async def run(
     for signum in _SHUTDOWN_SIGNALS:
         loop.add_signal_handler(signum, shutdown_requested.set)
     try:
-        server = GrpcServer(settings, registrations, interceptors=interceptors)
+        server = GrpcServer(settings, registrations, interceptors=interceptors, edge=edge)
         async with _metrics_endpoint(settings):
             await server.start()
             freeze_startup_objects()

@@ -230,6 +230,25 @@ class _MetadataGetter:
 _METADATA_GETTER = _MetadataGetter()
 
 
+def callers_trace_only(parent: Context) -> Context:
+    """Of what a caller's headers carried (`parent`, as extracted), its trace alone: the trace and span ids
+    and the sampled flag. Its `baggage` and `tracestate` are free text the caller writes (a card number, an
+    IP address, a token); at the edge they go no further, neither passed on to the hops nor exported in the
+    spans' trace state, which no attribute allow-list reaches."""
+    caller = trace.get_current_span(parent).get_span_context()
+    if not caller.is_valid:
+        return _NO_CONTEXT
+    return trace.set_span_in_context(
+        trace.NonRecordingSpan(
+            trace.SpanContext(caller.trace_id, caller.span_id, is_remote=True, trace_flags=caller.trace_flags)
+        ),
+        _NO_CONTEXT,
+    )
+
+
+_NO_CONTEXT = Context()
+
+
 class TelemetryInterceptor(UnaryInterceptor):
     """A server span per RPC, child of the caller's W3C trace context, current while the servicer runs
     (so its log lines carry the ids), plus the RPC's RED metrics.
@@ -239,9 +258,12 @@ class TelemetryInterceptor(UnaryInterceptor):
 
     passed_through = UNTRACED_SERVICES
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None, *, edge: bool = False) -> None:
+        """`edge`: the service takes calls from outside (the gateway), whose trace headers are kept to the
+        caller's trace (`callers_trace_only`)."""
         super().__init__()
         self._provider = tracer_provider
+        self._edge = edge
         self.server_address: str | None = None
         self.server_port: int | None = None
 
@@ -272,10 +294,13 @@ class TelemetryInterceptor(UnaryInterceptor):
             duration.observe(seconds)
 
         extract = propagate.extract
+        edge = self._edge
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             parent = extract(context.invocation_metadata() or (), getter=_METADATA_GETTER)
+            if edge:
+                parent = callers_trace_only(parent)
             span = tracer.start_span(span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
             token = otel_context.attach(trace.set_span_in_context(span, parent))
             code = grpc.StatusCode.OK

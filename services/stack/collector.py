@@ -89,6 +89,8 @@ class CollectedSpan:
     events: tuple[tuple[str, int, dict[str, Any]], ...] = field(default=())
     """(name, time in ns, attributes)."""
     resource: dict[str, Any] = field(default_factory=dict)
+    trace_state: str = ""
+    """The W3C tracestate the span carried (vendor members, `key=value,...`)."""
 
     @property
     def duration_ms(self) -> float:
@@ -120,6 +122,7 @@ def spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Colle
                             for event in span.events
                         ),
                         resource=resource,
+                        trace_state=span.trace_state,
                     )
                 )
     return spans
@@ -197,6 +200,7 @@ def spans_of_json(document: dict[str, Any]) -> list[CollectedSpan]:
                             for event in span.get("events", ())
                         ),
                         resource=resource,
+                        trace_state=_json_field(span, "traceState", "trace_state", ""),
                     )
                 )
     return spans

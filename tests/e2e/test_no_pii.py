@@ -24,9 +24,19 @@ CALLER_SECRET = "9Qx7Zp-hunter2"
 SECRETS = (TEST_PAN, TEST_PAN[-12:], CLIENT_IP, CALLER_SECRET)
 
 
-def trace_headers() -> tuple[tuple[str, str], ...]:
+def trace_headers(*, well_formed: bool) -> tuple[tuple[str, str], ...]:
+    """A caller's trace headers with secrets in them: members malformed enough to be warned of, or well
+    formed ones, which OpenTelemetry takes (and, before the gateway kept only the caller's trace, exported
+    in every span's trace state and passed on to every hop)."""
+    traceparent = ("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01")
+    if well_formed:
+        return (
+            traceparent,
+            ("tracestate", f"vendor={TEST_PAN},congo=t61rcWkgMzE"),
+            ("baggage", f"card={TEST_PAN},client_ip={CLIENT_IP},pin={CALLER_SECRET}"),
+        )
     return (
-        ("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"),
+        traceparent,
         ("tracestate", f"vendor=ok,pin {CALLER_SECRET}"),
         ("baggage", f"user=alice,pin {CALLER_SECRET},token={CALLER_SECRET} x"),
     )
@@ -65,9 +75,10 @@ def test_the_card_number_and_the_ip_address_never_come_out(traced_stack, live):
     with grpc.insecure_channel(traced_stack.stack.gateway) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         for request in requests(live):
-            for timeout in (5, 0.001):
+            for timeout, well_formed in ((5, False), (5, True), (0.001, False), (0.001, True)):
+                metadata = trace_headers(well_formed=well_formed)
                 try:
-                    trace_ids.append(stub.Score(request, timeout=timeout, metadata=trace_headers()).trace_id)
+                    trace_ids.append(stub.Score(request, timeout=timeout, metadata=metadata).trace_id)
                 except grpc.RpcError as error:
                     errors.append(
                         f"{error.code()} {error.details()} {error.trailing_metadata()} "

@@ -44,8 +44,8 @@ async def serve_gateway() -> AsyncIterator[Callable[..., Awaitable[grpc.aio.Chan
     servers: list[GrpcServer] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def serve(score: ScoreBehavior, **settings) -> grpc.aio.Channel:
-        server = GrpcServer(runtime_settings(**settings), [gateway_registration(score)])
+    async def serve(score: ScoreBehavior, *, edge: bool = False, **settings) -> grpc.aio.Channel:
+        server = GrpcServer(runtime_settings(**settings), [gateway_registration(score)], edge=edge)
         await server.start()
         servers.append(server)
         channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))

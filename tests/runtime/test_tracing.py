@@ -11,7 +11,7 @@ import pytest
 import structlog
 import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -95,6 +95,42 @@ async def test_a_server_span_per_call_continues_the_callers_trace(serve_gateway,
     assert span.attributes["rpc.grpc.status_code"] == 0
     assert span.attributes["server.address"] == "127.0.0.1"
     assert server_requests("OK") == before + 1
+
+
+CALLERS_HEADERS = (
+    ("traceparent", PARENT),
+    ("tracestate", f"vendor={TEST_PAN},congo=t61rcWkgMzE"),
+    ("baggage", f"card={TEST_PAN},client_ip=198.51.100.7"),
+)
+
+
+@pytest.mark.parametrize("edge", [True, False], ids=["the gateway", "an inner service"])
+async def test_at_the_edge_only_the_callers_trace_goes_on_and_into_the_spans(serve_gateway, spans, edge):
+    seen = {}
+
+    async def score(request):
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # what a hop is sent
+        seen.update(headers)
+        return gateway_pb2.ScoreResponse()
+
+    channel = await serve_gateway(score, edge=edge)
+    await gateway_pb2_grpc.GatewayServiceStub(channel).Score(
+        gateway_pb2.ScoreRequest(), metadata=CALLERS_HEADERS
+    )
+
+    [span] = spans.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert seen["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    if edge:
+        # Before, the caller's baggage went on to every hop and its tracestate into every exported span.
+        assert set(seen) == {"traceparent"}
+        assert not span.context.trace_state
+    else:
+        # Inside scoregraph the W3C headers travel whole (the gateway sends none of the caller's).
+        assert TEST_PAN in seen["baggage"] and TEST_PAN in seen["tracestate"]
+        assert span.context.trace_state.get("vendor") == TEST_PAN
 
 
 async def test_failed_calls_carry_their_status_and_no_request_data(serve_gateway, spans):
