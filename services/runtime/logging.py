@@ -122,10 +122,21 @@ def _redact(value: Any) -> Any:
 def redact_card_numbers(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Mask anything that looks like a card number, a named secret (`cvv=...`) or an IP address in every
     value, nested ones and tracebacks included; drop values logged under an IP address's or a secret's
-    key."""
-    return {
-        key: "[redacted]" if key in _REDACTED_KEYS else _redact(value) for key, value in event_dict.items()
-    }
+    key. Should masking fail, the line says so and holds nothing else: a logging call must never fail the
+    request it describes (a caller's `01.1.1.1` once made ipaddress raise here, and the caller got UNKNOWN
+    with the exception's text)."""
+    try:
+        return {
+            key: "[redacted]" if key in _REDACTED_KEYS else _redact(value)
+            for key, value in event_dict.items()
+        }
+    except Exception as error:
+        kept = {key: event_dict[key] for key in _KEPT_WHEN_UNREDACTABLE if key in event_dict}
+        return {**kept, "event": "log line withheld: redaction failed", "error": type(error).__name__}
+
+
+#: What a line keeps when its values could not be redacted: what the pipeline itself set.
+_KEPT_WHEN_UNREDACTABLE = ("timestamp", "level", "logger")
 
 
 def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -211,3 +211,19 @@ def test_trace_header_warnings_come_once_an_interval_saying_how_many_were_held_b
         (100.0, f"Invalid baggage entry: `{WITHHELD}`"),
         (110.0, f"Invalid baggage entry: `{WITHHELD}` (2 more like it since the last)"),
     ]
+
+
+def test_a_line_that_cannot_be_redacted_is_withheld_and_the_call_goes_on(
+    json_logs: LogCapture, monkeypatch
+) -> None:
+    def broken(text: str) -> str:
+        raise ValueError(f"cannot parse {text}")
+
+    monkeypatch.setattr("services.runtime.logging._redact_text", broken)
+
+    structlog.get_logger().info("scored", transaction_id=TEST_PAN)  # does not raise
+
+    [record] = json_logs.records()
+    assert record["event"] == "log line withheld: redaction failed"
+    assert record["error"] == "ValueError"
+    assert_no_card_number(json_logs.text)
