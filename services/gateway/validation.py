@@ -5,6 +5,7 @@ echo a value: the value may be a card number.
 """
 
 import ipaddress
+import unicodedata
 from dataclasses import dataclass
 
 import pycountry
@@ -23,6 +24,8 @@ COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
 CHANNELS = frozenset(gateway_pb2.Channel.values()) - {gateway_pb2.CHANNEL_UNSPECIFIED}
 
 _NANOS_PER_SECOND = 1_000_000_000
+#: Unicode's letters, numbers, punctuation and symbols: an identifier holds at least one.
+_VISIBLE_CATEGORIES = frozenset("LNPS")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ def validate_score_request(request: gateway_pb2.ScoreRequest, *, now: float, win
             violate(field, f"must be at most {MAX_ID_LENGTH} characters")
         elif not value.isprintable():
             violate(field, "must contain only printable characters")
+        elif not any(unicodedata.category(char)[0] in _VISIBLE_CATEGORIES for char in value):
+            # Blanks or combining marks alone: every such caller would share one customer, card or merchant.
+            violate(field, "must contain a letter, digit, punctuation mark or symbol")
 
     def check_country(field: str, value: str, *, required: bool) -> None:
         if not value:
@@ -110,9 +116,12 @@ def validate_score_request(request: gateway_pb2.ScoreRequest, *, now: float, win
 
     if tx.ip_address:
         try:
+            # ipaddress takes an IPv6 zone (`fe80::1%eth0`), whose text is free and of any length.
+            if "%" in tx.ip_address:
+                raise ValueError("a zone")
             ipaddress.ip_address(tx.ip_address)
         except ValueError:
-            violate("ip_address", "must be an IPv4 or IPv6 address, e.g. 203.0.113.7")
+            violate("ip_address", "must be an IPv4 or IPv6 address without a zone, e.g. 203.0.113.7")
 
     check_identifier("device_id", tx.device_id, required=False)
     check_country("card_country", tx.card_country, required=True)

@@ -50,6 +50,9 @@ def test_a_well_formed_request_passes() -> None:
         pytest.param(valid_request(created_at=at(200)), id="caller clock ahead"),
         pytest.param(valid_request(created_at=at(-6 * 24 * 3600)), id="six days old"),
         pytest.param(valid_request(transaction_id="x" * 128), id="longest transaction id"),
+        pytest.param(valid_request(merchant_id=" café du monde "), id="spaces and accents"),
+        pytest.param(valid_request(customer_id="顧客-42"), id="CJK"),
+        pytest.param(valid_request(ip_address="::ffff:198.51.100.7"), id="IPv4 mapped into IPv6"),
     ],
 )
 def test_valid_variants_pass(request_: gateway_pb2.ScoreRequest) -> None:
@@ -66,6 +69,11 @@ def test_a_missing_transaction_is_named() -> None:
         (valid_request(transaction_id=""), "transaction.transaction_id"),
         (valid_request(transaction_id="x" * 129), "transaction.transaction_id"),
         (valid_request(transaction_id="tx\n1"), "transaction.transaction_id"),
+        # Before, blanks or combining marks alone passed, and a blank card token was hashed to one card.
+        (valid_request(transaction_id=" "), "transaction.transaction_id"),
+        (valid_request(customer_id=" " * 128), "transaction.customer_id"),
+        (valid_request(merchant_id="\u0301"), "transaction.merchant_id"),
+        (valid_request(card_token="\u3000 "), "transaction.card_token"),
         (without("card_number"), "transaction.card_number"),
         (valid_request(card_number=""), "transaction.card_number"),
         (valid_request(card_number="41111111111"), "transaction.card_number"),  # 11 digits
@@ -106,6 +114,9 @@ def test_a_missing_transaction_is_named() -> None:
         (valid_request(ip_address="203.0.113"), "transaction.ip_address"),
         (valid_request(ip_address="203.0.113.256"), "transaction.ip_address"),
         (valid_request(ip_address="localhost"), "transaction.ip_address"),
+        # An IPv6 zone is free text (ipaddress takes it): before, a card number got in this way.
+        (valid_request(ip_address="fe80::1%4111111111111111"), "transaction.ip_address"),
+        (valid_request(ip_address="::1%" + "x" * 1000), "transaction.ip_address"),
         (valid_request(device_id="d" * 129), "transaction.device_id"),
         (valid_request(card_country=""), "transaction.card_country"),
         (valid_request(card_country="de"), "transaction.card_country"),
