@@ -33,6 +33,9 @@ _ServiceSettings = TypeVar("_ServiceSettings", bound=ServiceSettings)
 #: Calls gRPC's core may hold for the server before it takes them up (its default cancels beyond 1000); a
 #: burst larger still is cancelled.
 _PENDING_CALLS_HELD = 10_000
+#: The most metadata a call may carry, all entries together: gRPC's own hard limit, which a W3C baggage
+#: header at its largest (8192 bytes) fits with room to spare.
+_METADATA_BYTES = 16 * 1024
 
 
 def service_settings(cls: type[_ServiceSettings], *, service: str) -> _ServiceSettings:
@@ -136,6 +139,11 @@ class GrpcServer:
                 # and each call's deadline instead. Each held call keeps its request in memory meanwhile.
                 ("grpc.server.max_pending_requests", _PENDING_CALLS_HELD),
                 ("grpc.server.max_pending_requests_hard_limit", _PENDING_CALLS_HELD),
+                # Between its soft limit (8 KiB) and its hard one (16 KiB), the core refused a call's
+                # metadata at random; one limit makes the answer certain: below, taken; above,
+                # RESOURCE_EXHAUSTED.
+                ("grpc.max_metadata_size", _METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", _METADATA_BYTES),
             ],
         )
         names = [registration.descriptor.full_name for registration in self._registrations]
