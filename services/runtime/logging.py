@@ -193,6 +193,26 @@ class TraceHeaderWarnings(logging.Filter):
         return True
 
 
+class LateResponses(logging.Filter):
+    """grpc.aio's error line, with a traceback, for a response it could not send because the call had
+    ended before the servicer answered (its deadline passed a moment earlier, under load), becomes an
+    info line saying so: the caller has its DEADLINE_EXCEEDED and nothing failed."""
+
+    _PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "grpc._cython.cygrpc" or not str(record.msg).startswith(self._PREFIX):
+            return True
+        method = str(record.msg).removeprefix(self._PREFIX).strip(" []")
+        record.msg, record.args = (
+            "response not sent: the call had ended before it was answered [%s]",
+            (method,),
+        )
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 class _CurrentStream:
     """Where scoregraph's own log lines go: the stream of the latest `configure_logging`. Loggers bound
     before a reconfiguration (structlog caches them on first use) follow it too."""
@@ -244,6 +264,7 @@ def configure_logging(level: str, *, service: str, stream: TextIO = sys.stdout) 
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.addFilter(TraceHeaderWarnings())
+    handler.addFilter(LateResponses())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

@@ -227,3 +227,24 @@ def test_a_line_that_cannot_be_redacted_is_withheld_and_the_call_goes_on(
     assert record["event"] == "log line withheld: redaction failed"
     assert record["error"] == "ValueError"
     assert_no_card_number(json_logs.text)
+
+
+SCORE_METHOD = "/scoregraph.gateway.v1.GatewayService/Score"
+
+
+def test_grpcs_error_for_a_response_too_late_to_send_becomes_an_info_line(json_logs: LogCapture) -> None:
+    # As grpc.aio logs it (server.pyx.pxi, _handle_exceptions) when a servicer answers a call whose
+    # deadline passed a moment before: an error line with the traceback, though the caller already has its
+    # DEADLINE_EXCEEDED. grpc formats the method into the message itself.
+    grpc_logger = logging.getLogger("grpc._cython.cygrpc")
+    try:
+        raise RuntimeError('Failed "execute_batch": (SendStatusFromServerOperation,)')
+    except RuntimeError:
+        grpc_logger.exception(f"ExecuteBatchError raised in core by servicer method [{SCORE_METHOD}]")
+    grpc_logger.error("another error")
+
+    late, other = json_logs.records()
+    assert late["event"] == f"response not sent: the call had ended before it was answered [{SCORE_METHOD}]"
+    assert late["level"] == "info"
+    assert "exception" not in late
+    assert (other["event"], other["level"]) == ("another error", "error")
