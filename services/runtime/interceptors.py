@@ -9,7 +9,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from services.runtime.errors import ServiceError, UndecodableRequest, UpstreamFailed, to_status
+from services.runtime.errors import Overloaded, ServiceError, UndecodableRequest, UpstreamFailed, to_status
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +72,39 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         )
         self._handlers[method] = (handler, wrapped)
         return wrapped
+
+
+class ConcurrencyLimit(UnaryInterceptor):
+    """At most `limit` of the service's own calls in flight; one more is answered RESOURCE_EXHAUSTED at
+    once, counted, traced and logged as any failed call is. Health checks and reflection are never refused.
+
+    gRPC's own limit (the server's `maximum_concurrent_rpcs`) refuses calls before any interceptor runs:
+    no metric, span or log line saw the calls a busy service shed, and health checks were refused with
+    them, so a service busy at its limit read as an unhealthy one.
+    """
+
+    passed_through = ("grpc.health.", "grpc.reflection.")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.in_flight = 0
+
+    def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.in_flight >= self.limit:
+                error = Overloaded(
+                    f"overloaded: at the limit of calls in flight ({self.limit}); retry with backoff"
+                )
+                log.info("request failed", method=method, code=error.code.name, reason=error.message)
+                await context.abort_with_status(to_status(error))
+            self.in_flight += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return limited
 
 
 class StatusInterceptor(UnaryInterceptor):

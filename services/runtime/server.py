@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.runtime.faults import fault_interceptors
-from services.runtime.interceptors import StatusInterceptor
+from services.runtime.interceptors import ConcurrencyLimit, StatusInterceptor
 from services.runtime.logging import configure_logging
 from services.runtime.settings import InvalidSettings, ServiceSettings, host_port, read_settings
 from services.runtime.tracing import TelemetryInterceptor, otlp_protocol
@@ -108,6 +108,8 @@ class GrpcServer:
         self._interceptors = interceptors
         self._health = health.aio.HealthServicer()
         self._telemetry = TelemetryInterceptor(edge=edge)
+        limit = settings.max_concurrent_rpcs
+        self._limit = [ConcurrencyLimit(limit)] if limit is not None else []
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None
 
@@ -122,13 +124,14 @@ class GrpcServer:
         """Bind, start, and report every hosted service SERVING."""
         server = grpc.aio.server(
             # Telemetry outermost: its span and metrics cover the whole call and see the final status.
+            # The concurrency limit inside it, so the calls it sheds are counted and traced too.
             interceptors=[
                 self._telemetry,
+                *self._limit,
                 *self._interceptors,
                 *fault_interceptors(self._settings),
                 StatusInterceptor(),
             ],
-            maximum_concurrent_rpcs=self._settings.max_concurrent_rpcs,
             options=[
                 # Linux allows several servers on one port by default; a second replica started on a taken
                 # port must fail, not silently split the traffic.

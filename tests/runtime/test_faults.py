@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.runtime.faults import FaultInterceptor, fault_interceptors
-from tests.runtime.scripted_gateway import runtime_settings
+from tests.runtime.conftest import LogCapture
+from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, runtime_settings
 
 
 async def echo(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
@@ -26,6 +27,11 @@ def faulty_gateway(serve_gateway) -> Callable[..., Awaitable[grpc.aio.Channel]]:
     return lambda **faults: serve_gateway(echo, grace_period_s=0.1, **faults)
 
 
+def request_lines(logs: LogCapture) -> list[tuple[str, str, str]]:
+    """(event, code, level) of the lines logged about calls."""
+    return [(r["event"], r["code"], r["level"]) for r in logs.records() if r["event"].startswith("request ")]
+
+
 def score_request() -> gateway_pb2.ScoreRequest:
     return gateway_pb2.ScoreRequest(transaction=gateway_pb2.Transaction(transaction_id="tx-1"))
 
@@ -34,17 +40,15 @@ async def test_no_fault_is_configured_by_default() -> None:
     assert fault_interceptors(runtime_settings()) == []
 
 
-async def test_an_erroring_service_answers_unavailable_and_stays_healthy(faulty_gateway) -> None:
+async def test_an_erroring_service_answers_unavailable_and_stays_healthy(faulty_gateway, json_logs) -> None:
     channel = await faulty_gateway(fault_error_share=1.0)
 
-    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=5)
 
     assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     # The call's one line, as for any failed call (before: none).
-    assert [(e["event"], e["code"], e["log_level"]) for e in logs] == [
-        ("request failed", "UNAVAILABLE", "info")
-    ]
+    assert request_lines(json_logs) == [("request failed", "UNAVAILABLE", "info")]
     health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -61,19 +65,18 @@ async def test_a_slow_service_answers_late(faulty_gateway) -> None:
     assert time.monotonic() - started >= 0.1
 
 
-async def test_a_hung_service_answers_nothing_until_the_deadline(faulty_gateway) -> None:
+async def test_a_hung_service_answers_nothing_until_the_deadline(faulty_gateway, json_logs) -> None:
     channel = await faulty_gateway(fault_hang=True)
 
-    with structlog.testing.capture_logs() as logs:
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=0.2)
-        for _ in range(100):  # the server learns of the deadline a moment after the caller
-            if logs:
-                break
-            await asyncio.sleep(0.01)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=0.2)
+    for _ in range(100):  # the server learns of the deadline a moment after the caller
+        if request_lines(json_logs):
+            break
+        await asyncio.sleep(0.01)
 
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert [(e["event"], e["code"]) for e in logs] == [("request cancelled", "DEADLINE_EXCEEDED")]
+    assert request_lines(json_logs) == [("request cancelled", "DEADLINE_EXCEEDED", "info")]
     health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -106,13 +109,16 @@ async def test_shares_of_calls_are_faulted() -> None:
     assert len(context.aborted) + answered == 2000
 
 
-async def test_a_server_at_its_concurrency_limit_sheds_further_calls_at_once(faulty_gateway) -> None:
+async def test_a_server_at_its_concurrency_limit_sheds_further_calls_at_once(
+    faulty_gateway, json_logs
+) -> None:
     # The first call holds the only slot for 1 s; the second is refused long before, while the first still
     # runs. (With 0.3 s and a 0.15 s bound, a loaded CI machine once took 0.34 s to refuse.)
     channel = await faulty_gateway(fault_delay_ms=1000, max_concurrent_rpcs=1)
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
     first = asyncio.ensure_future(stub.Score(score_request(), timeout=5))
     await asyncio.sleep(0.1)
+    shed_before = shed_calls()
 
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -120,5 +126,16 @@ async def test_a_server_at_its_concurrency_limit_sheds_further_calls_at_once(fau
 
     assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert time.monotonic() - started < 0.5
+    # Before, gRPC's own limit refused the call before any interceptor ran: no metric or log line saw it,
+    # and health checks were refused too while the service was at its limit.
+    assert shed_calls() == shed_before + 1
+    assert request_lines(json_logs) == [("request failed", "RESOURCE_EXHAUSTED", "info")]
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert not first.done()
     assert (await first).transaction_id == "tx-1"
+
+
+def shed_calls() -> float:
+    labels = {"rpc_service": GATEWAY_SERVICE_NAME, "rpc_method": "Score", "grpc_code": "RESOURCE_EXHAUSTED"}
+    return REGISTRY.get_sample_value("scoregraph_rpc_server_requests_total", labels) or 0.0
