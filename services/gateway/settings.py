@@ -54,8 +54,8 @@ class GatewaySettings(ServiceSettings):
 
     max_concurrent_rpcs: Unsettable[int] = Field(default=256, gt=0)
     """Score calls served at once; further calls fail fast with RESOURCE_EXHAUSTED rather than queue past
-    their deadline, counted and logged as any failed call (health checks are never refused). `none`: no
-    limit."""
+    their deadline, counted and traced as any failed call, and logged in one line a second while shedding
+    (health checks are never refused). `none`: no limit."""
 
     on_dependency_failure: DependencyFailurePolicy = "uncertain"
     """What a failed features, predict or postprocess call does: `uncertain` answers VERDICT_UNCERTAIN

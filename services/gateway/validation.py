@@ -26,6 +26,8 @@ CHANNELS = frozenset(gateway_pb2.Channel.values()) - {gateway_pb2.CHANNEL_UNSPEC
 _NANOS_PER_SECOND = 1_000_000_000
 #: Unicode's letters, numbers, punctuation and symbols: an identifier holds at least one.
 _VISIBLE_CATEGORIES = frozenset("LNPS")
+#: Letters and symbols that print as blanks (Hangul fillers, the blank Braille pattern).
+_BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ def validate_score_request(request: gateway_pb2.ScoreRequest, *, now: float, win
             violate(field, f"must be at most {MAX_ID_LENGTH} characters")
         elif not value.isprintable():
             violate(field, "must contain only printable characters")
-        elif not any(unicodedata.category(char)[0] in _VISIBLE_CATEGORIES for char in value):
+        elif not any(
+            unicodedata.category(char)[0] in _VISIBLE_CATEGORIES and char not in _BLANK_LOOKING
+            for char in value
+        ):
             # Blanks or combining marks alone: every such caller would share one customer, card or merchant.
             violate(field, "must contain a letter, digit, punctuation mark or symbol")
 

@@ -147,11 +147,14 @@ _BATCH_OPTIONS = {
 
 
 def _samples_some(environ: Mapping[str, str]) -> bool:
-    """Whether the services' sampler (the OTEL_TRACES_SAMPLER variables) samples any call."""
+    """Whether the services' sampler (the OTEL_TRACES_SAMPLER variables) can sample a call: a parent-based
+    one samples the calls a caller sampled, whatever it does with the others."""
     sampler = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
-    if sampler.endswith("always_off"):
+    if sampler.startswith("parentbased_"):
+        return True
+    if sampler == "always_off":
         return False
-    if sampler.endswith("traceidratio"):
+    if sampler == "traceidratio":
         try:
             return float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")) > 0
         except ValueError:

@@ -55,7 +55,13 @@ class FaultInterceptor(UnaryInterceptor):
                 log.info("request failed", method=method, code="UNAVAILABLE", reason="injected fault")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault")
             if self._delay_s and self._rng.random() < self._delay_share:
-                await asyncio.sleep(self._delay_s)
+                try:
+                    await asyncio.sleep(self._delay_s)
+                except asyncio.CancelledError:  # e.g. a hedge that lost its race
+                    log.info(
+                        "request cancelled", method=method, code=cancelled_code(context).name, fault="delay"
+                    )
+                    raise
             return await behavior(request, context)
 
         return faulty

@@ -2,6 +2,7 @@
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,9 +75,15 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+#: While a service sheds calls, the longest between two of its `request shed` lines.
+SHED_LOG_INTERVAL_S = 1.0
+
+
 class ConcurrencyLimit(UnaryInterceptor):
     """At most `limit` of the service's own calls in flight; one more is answered RESOURCE_EXHAUSTED at
-    once, counted, traced and logged as any failed call is. Health checks and reflection are never refused.
+    once, counted and traced as any failed call is. Health checks and reflection are never refused. While
+    calls are shed, one `request shed` line a second says how many: a line per shed call would add to the
+    overload it reports.
 
     gRPC's own limit (the server's `maximum_concurrent_rpcs`) refuses calls before any interceptor runs:
     no metric, span or log line saw the calls a busy service shed, and health checks were refused with
@@ -85,19 +92,23 @@ class ConcurrencyLimit(UnaryInterceptor):
 
     passed_through = ("grpc.health.", "grpc.reflection.")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.limit = limit
         self.in_flight = 0
+        self._clock = clock
+        self._refusal = to_status(
+            Overloaded(f"overloaded: at the limit of calls in flight ({limit}); retry with backoff")
+        )
+        self._shed_unlogged = 0
+        self._last_logged = -SHED_LOG_INTERVAL_S
 
     def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self.in_flight >= self.limit:
-                error = Overloaded(
-                    f"overloaded: at the limit of calls in flight ({self.limit}); retry with backoff"
-                )
-                log.info("request failed", method=method, code=error.code.name, reason=error.message)
-                await context.abort_with_status(to_status(error))
+                self._shed(method)
+                await context.abort_with_status(self._refusal)
+                raise AssertionError("unreachable: abort_with_status raises")
             self.in_flight += 1
             try:
                 return await behavior(request, context)
@@ -105,6 +116,19 @@ class ConcurrencyLimit(UnaryInterceptor):
                 self.in_flight -= 1
 
         return limited
+
+    def _shed(self, method: str) -> None:
+        self._shed_unlogged += 1
+        now = self._clock()
+        if now - self._last_logged >= SHED_LOG_INTERVAL_S:
+            log.info(
+                "request shed",
+                method=method,
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED.name,
+                limit=self.limit,
+                shed=self._shed_unlogged,
+            )
+            self._shed_unlogged, self._last_logged = 0, now
 
 
 class StatusInterceptor(UnaryInterceptor):

@@ -117,8 +117,9 @@ class ServiceSettings(BaseSettings):
     """Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled."""
 
     max_concurrent_rpcs: Unsettable[int] = Field(default=None, gt=0)
-    """RPCs served at once; further calls fail fast with RESOURCE_EXHAUSTED, counted and logged as any failed
-    call (health checks are never refused). Unset: no limit."""
+    """RPCs served at once; further calls fail fast with RESOURCE_EXHAUSTED, counted and traced as any
+    failed call, and logged in one line a second while shedding (health checks are never refused). Unset:
+    no limit."""
 
     fault_delay_ms: float = Field(default=0.0, ge=0)
     """Fault injection (tests, demos, benchmarks): milliseconds added to a `fault_delay_share` of this

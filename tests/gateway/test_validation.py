@@ -73,7 +73,8 @@ def test_a_missing_transaction_is_named() -> None:
         (valid_request(transaction_id=" "), "transaction.transaction_id"),
         (valid_request(customer_id=" " * 128), "transaction.customer_id"),
         (valid_request(merchant_id="\u0301"), "transaction.merchant_id"),
-        (valid_request(card_token="\u3000 "), "transaction.card_token"),
+        (valid_request(card_token="\u0301 "), "transaction.card_token"),
+        (valid_request(device_id="\u3164\u2800"), "transaction.device_id"),
         (without("card_number"), "transaction.card_number"),
         (valid_request(card_number=""), "transaction.card_number"),
         (valid_request(card_number="41111111111"), "transaction.card_number"),  # 11 digits

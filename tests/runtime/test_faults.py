@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.runtime.faults import FaultInterceptor, fault_interceptors
+from services.runtime.interceptors import ConcurrencyLimit
 from tests.runtime.conftest import LogCapture
 from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, runtime_settings
 
@@ -65,6 +66,21 @@ async def test_a_slow_service_answers_late(faulty_gateway) -> None:
     assert time.monotonic() - started >= 0.1
 
 
+async def test_a_late_answer_whose_deadline_passes_first_logs_why(faulty_gateway, json_logs) -> None:
+    channel = await faulty_gateway(fault_delay_ms=1000)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(score_request(), timeout=0.2)
+    for _ in range(100):  # the server learns of the deadline a moment after the caller
+        if request_lines(json_logs):
+            break
+        await asyncio.sleep(0.01)
+
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    # Before, a delayed call cancelled in its delay (a hedge that lost, a deadline) ended with no line.
+    assert request_lines(json_logs) == [("request cancelled", "DEADLINE_EXCEEDED", "info")]
+
+
 async def test_a_hung_service_answers_nothing_until_the_deadline(faulty_gateway, json_logs) -> None:
     channel = await faulty_gateway(fault_hang=True)
 
@@ -87,6 +103,10 @@ class RecordingContext:
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted.append(code)
+        raise grpc.aio.AbortError()
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.aborted.append(status.code)
         raise grpc.aio.AbortError()
 
 
@@ -129,7 +149,7 @@ async def test_a_server_at_its_concurrency_limit_sheds_further_calls_at_once(
     # Before, gRPC's own limit refused the call before any interceptor ran: no metric or log line saw it,
     # and health checks were refused too while the service was at its limit.
     assert shed_calls() == shed_before + 1
-    assert request_lines(json_logs) == [("request failed", "RESOURCE_EXHAUSTED", "info")]
+    assert request_lines(json_logs) == [("request shed", "RESOURCE_EXHAUSTED", "info")]
     health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert not first.done()
@@ -139,3 +159,28 @@ async def test_a_server_at_its_concurrency_limit_sheds_further_calls_at_once(
 def shed_calls() -> float:
     labels = {"rpc_service": GATEWAY_SERVICE_NAME, "rpc_method": "Score", "grpc_code": "RESOURCE_EXHAUSTED"}
     return REGISTRY.get_sample_value("scoregraph_rpc_server_requests_total", labels) or 0.0
+
+
+async def test_while_calls_are_shed_one_line_a_second_counts_them(json_logs) -> None:
+    now = [100.0]
+    limit = ConcurrencyLimit(1, clock=lambda: now[0])
+    release = asyncio.Event()
+
+    async def behavior(request, context):
+        await release.wait()
+
+    limited = limit.wrap(behavior, "/scoregraph.gateway.v1.GatewayService/Score")
+    holder = asyncio.ensure_future(limited(None, RecordingContext()))
+    await asyncio.sleep(0)
+    refused = RecordingContext()
+    for step in (0.0, 0.3, 0.3, 0.5, 0.1):
+        now[0] += step
+        with contextlib.suppress(grpc.aio.AbortError):
+            await limited(None, refused)
+    release.set()
+    await holder
+
+    assert refused.aborted == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5
+    assert limit.in_flight == 0
+    # At 100.0 the first; 100.3 and 100.6 held back; at 101.1 a second saying 3 (those two and itself).
+    assert [r["shed"] for r in json_logs.records() if r["event"] == "request shed"] == [1, 3]

@@ -303,9 +303,15 @@ def test_triton_is_not_traced_without_an_http_endpoint_or_when_sampling_nothing(
         trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
         == []
     )
-    for sampler, ratio in (("always_off", "1"), ("parentbased_always_off", "1"), ("traceidratio", "0")):
+    for sampler, ratio in (("always_off", "1"), ("traceidratio", "0")):
         environ = {"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": ratio}
         assert trace_args({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", **environ}) == []
+    # A parent-based sampler still samples the calls a caller sampled: Triton traces those.
+    for sampler, ratio in (("parentbased_always_off", "1"), ("parentbased_traceidratio", "0")):
+        environ = {"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": ratio}
+        assert "--trace-config=rate=0" in trace_args(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", **environ}
+        )
 
 
 def test_triton_takes_its_own_url_when_the_services_export_over_grpc():
