@@ -7,6 +7,7 @@ Health and reflection are never faulted: a faulty replica must still look health
 
 import asyncio
 import random
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -42,26 +43,21 @@ class FaultInterceptor(UnaryInterceptor):
 
     def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         # A faulted call ends before the service's own error handling sees it: its one log line is here.
+        async def held(waiting: Awaitable[Any], fault: str, context: grpc.aio.ServicerContext) -> None:
+            try:
+                await waiting
+            except asyncio.CancelledError:  # its deadline passed, or a hedge that lost its race
+                log.info("request cancelled", method=method, code=cancelled_code(context).name, fault=fault)
+                raise
+
         async def faulty(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self._hang:
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError:
-                    log.info(
-                        "request cancelled", method=method, code=cancelled_code(context).name, fault="hang"
-                    )
-                    raise
+                await held(asyncio.Event().wait(), "hang", context)
             if self._error_share and self._rng.random() < self._error_share:
                 log.info("request failed", method=method, code="UNAVAILABLE", reason="injected fault")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "injected fault")
             if self._delay_s and self._rng.random() < self._delay_share:
-                try:
-                    await asyncio.sleep(self._delay_s)
-                except asyncio.CancelledError:  # e.g. a hedge that lost its race
-                    log.info(
-                        "request cancelled", method=method, code=cancelled_code(context).name, fault="delay"
-                    )
-                    raise
+                await held(asyncio.sleep(self._delay_s), "delay", context)
             return await behavior(request, context)
 
         return faulty
