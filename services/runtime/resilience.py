@@ -23,11 +23,11 @@ from typing import Generic, Protocol, TypeVar
 
 import grpc
 import structlog
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from services.runtime import metrics
+from services.runtime import metrics, w3c
 from services.runtime.errors import DeadlineExceeded, FieldViolation
 
 log = structlog.get_logger(__name__)
@@ -518,7 +518,7 @@ class HedgedCall(Generic[T]):
             f"{self.hop} attempt", kind=trace.SpanKind.CLIENT, attributes=attributes
         ) as span:
             headers: dict[str, str] = {}
-            propagate.inject(headers)
+            w3c.inject(headers)
             try:
                 result = await attempt(replica.client, timeout_s, headers)
             except asyncio.CancelledError:
