@@ -40,6 +40,8 @@ _TRACEPARENT_MAXIMUM_LENGTH = TraceContextTextMapPropagator._TRACEPARENT_MAXIMUM
 _NO_CONTEXT = Context()
 # Headers only the propagators themselves read.
 _SLOW_HEADERS = frozenset({TRACESTATE, BAGGAGE})
+# What `_lone_traceparent` answers for a call the propagator reads.
+_PROPAGATORS_OWN = object()
 
 
 class MetadataGetter:
@@ -76,20 +78,11 @@ def _default_propagator() -> bool:
 def extract(metadata: Sequence[tuple[str, Any]]) -> Context:
     """The context a call's metadata carries, as `propagate.extract` reads it: an empty one when it carries
     no valid `traceparent`."""
-    if not _default_propagator():
+    traceparent = _lone_traceparent(metadata) if _default_propagator() else _PROPAGATORS_OWN
+    if traceparent is _PROPAGATORS_OWN:
         return propagate.extract(metadata, getter=METADATA_GETTER)
-    traceparent = None
-    for name, value in metadata:
-        if name == TRACEPARENT:
-            if traceparent is None:
-                traceparent = value
-        elif name in _SLOW_HEADERS:
-            return propagate.extract(metadata, getter=METADATA_GETTER)
     if traceparent is None:
         return _NO_CONTEXT
-    if type(traceparent) is not str or len(traceparent) > _TRACEPARENT_MAXIMUM_LENGTH:
-        # Not text (the getter skips it), or too long (the propagator warns): the propagator's own way.
-        return propagate.extract(metadata, getter=METADATA_GETTER)
     match = _TRACEPARENT_FORMAT.match(traceparent)
     if match is None:
         return _NO_CONTEXT
@@ -104,6 +97,24 @@ def extract(metadata: Sequence[tuple[str, Any]]) -> Context:
         trace_id_value, span_id_value, is_remote=True, trace_flags=trace.TraceFlags(int(flags, 16))
     )
     return Context({_SPAN_KEY: trace.NonRecordingSpan(caller)})
+
+
+def _lone_traceparent(metadata: Sequence[tuple[str, Any]]) -> str | object | None:
+    """The call's `traceparent` when it is the one W3C header the call carries, None when it carries none,
+    or `_PROPAGATORS_OWN` when the propagator must read it: a `tracestate` or `baggage` header, or a
+    traceparent that is not text (the getter skips it) or too long (the propagator warns)."""
+    traceparent = None
+    for name, value in metadata:
+        if name == TRACEPARENT:
+            if traceparent is None:
+                traceparent = value
+        elif name in _SLOW_HEADERS:
+            return _PROPAGATORS_OWN
+    if traceparent is not None and (
+        type(traceparent) is not str or len(traceparent) > _TRACEPARENT_MAXIMUM_LENGTH
+    ):
+        return _PROPAGATORS_OWN
+    return traceparent
 
 
 def inject(headers: dict[str, str], context: Context | None = None) -> None:

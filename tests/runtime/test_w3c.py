@@ -35,6 +35,10 @@ METADATA = {
     "empty": (("traceparent", ""),),
     "over 512 characters": (("traceparent", f"01-{TRACE}-{SPAN}-01-" + "x" * 600),),
     "binary": (("traceparent-bin", b"\x00\x01"), ("traceparent", f"00-{TRACE}-{SPAN}-01")),
+    "bytes first, then text": (
+        ("traceparent", f"00-{TRACE}-{SPAN}-01".encode()),
+        ("traceparent", f"00-{TRACE}-{SPAN}-00"),
+    ),
     "with tracestate": (("traceparent", f"00-{TRACE}-{SPAN}-01"), ("tracestate", "vendor=a,other=b")),
     "with baggage": (("traceparent", f"00-{TRACE}-{SPAN}-01"), ("baggage", "tenant=acme,region=eu")),
     "baggage alone": (("baggage", "tenant=acme"),),
