@@ -64,22 +64,29 @@ class InvalidInput(ServiceError):
 
 
 class UndecodableRequest(ServiceError):
-    """The caller's request body is not its message type in protobuf's binary format."""
+    """The caller's request body is not its message type in protobuf's binary format; `violation`, when
+    given, is the one field that makes it so (text that is not UTF-8)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, message_type: str) -> None:
-        super().__init__(f"invalid request: the body is not a {message_type} message")
+    def __init__(self, message_type: str, violation: FieldViolation | None = None) -> None:
+        if violation is None:
+            super().__init__(f"invalid request: the body is not a {message_type} message")
+        else:
+            super().__init__(f"invalid request: {violation.field} {violation.description}")
         self.message_type = message_type
+        self.violation = violation
 
     def details(self) -> list[Message]:
-        return [
-            error_details_pb2.ErrorInfo(
-                reason="UNDECODABLE_REQUEST",
-                domain=ERROR_DOMAIN,
-                metadata={"message_type": self.message_type},
-            )
-        ]
+        info = error_details_pb2.ErrorInfo(
+            reason="UNDECODABLE_REQUEST", domain=ERROR_DOMAIN, metadata={"message_type": self.message_type}
+        )
+        if self.violation is None:
+            return [info]
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=self.violation.field, description=self.violation.description
+        )
+        return [error_details_pb2.BadRequest(field_violations=[violation]), info]
 
 
 # Upstream codes a caller can act on by retrying later; any other upstream failure is our fault

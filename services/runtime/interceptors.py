@@ -10,7 +10,15 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from services.runtime.errors import Overloaded, ServiceError, UndecodableRequest, UpstreamFailed, to_status
+from services.runtime.decoding import undecodable_field
+from services.runtime.errors import (
+    FieldViolation,
+    Overloaded,
+    ServiceError,
+    UndecodableRequest,
+    UpstreamFailed,
+    to_status,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -147,12 +155,14 @@ class StatusInterceptor(UnaryInterceptor):
 
 class _Undecodable:
     """What a request body its message type cannot parse deserializes to, so that the call is answered
-    INVALID_ARGUMENT through the interceptors (grpc would answer UNKNOWN and log a traceback)."""
+    INVALID_ARGUMENT through the interceptors (grpc would answer UNKNOWN and log a traceback), naming the
+    field at fault when one is (see decoding.py)."""
 
-    __slots__ = ("message_type",)
+    __slots__ = ("message_type", "violation")
 
-    def __init__(self, message_type: str) -> None:
+    def __init__(self, message_type: str, violation: FieldViolation | None) -> None:
         self.message_type = message_type
+        self.violation = violation
 
 
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -164,7 +174,9 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         try:
             return deserializer(body)
         except DecodeError:
-            return _Undecodable(message_type)
+            return _Undecodable(
+                message_type, None if descriptor is None else undecodable_field(descriptor, body)
+            )
 
     return deserialize
 
@@ -173,7 +185,7 @@ def _mapping_errors(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
     async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             if type(request) is _Undecodable:
-                raise UndecodableRequest(request.message_type)
+                raise UndecodableRequest(request.message_type, request.violation)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise

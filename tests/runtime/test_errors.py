@@ -1,3 +1,5 @@
+import json
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -135,21 +137,26 @@ async def test_domain_errors_map_to_status(serve_gateway, error: ServiceError, c
     assert await call.details() == error.message
 
 
-@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff", b"\x0a\x05abc", b"\x0a\x04\x0a\x02\xc3\x28"])
-async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming_its_type(
-    serve_gateway, json_logs: LogCapture, body: bytes
-) -> None:
-    served = []
+async def _undecodable_call(serve_gateway, body: bytes) -> tuple[grpc.aio.UnaryUnaryCall, list]:
+    served: list = []
 
     async def score(request: gateway_pb2.ScoreRequest) -> gateway_pb2.ScoreResponse:
         served.append(request)
         return gateway_pb2.ScoreResponse()
 
     channel = await serve_gateway(score)
-    # Raw bytes: a truncated varint, a length past the end, invalid UTF-8 in transaction.transaction_id.
     call = channel.unary_unary("/scoregraph.gateway.v1.GatewayService/Score")(body, timeout=5)
     with pytest.raises(grpc.aio.AioRpcError):
         await call
+    return call, served
+
+
+@pytest.mark.parametrize("body", [b"\xff\xff\xff\xff", b"\x0a\x05abc", b"\x0a\x03\x0a\x02\xc3"])
+async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming_its_type(
+    serve_gateway, json_logs: LogCapture, body: bytes
+) -> None:
+    # Raw bytes: a truncated varint, a length past the end, a nested length past its message's end.
+    call, served = await _undecodable_call(serve_gateway, body)
 
     assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert await call.details() == (
@@ -167,6 +174,35 @@ async def test_a_body_that_is_not_the_request_message_is_invalid_argument_naming
     records = json_logs.records()
     assert ("request failed", "info") in [(r["event"], r["level"]) for r in records]
     assert [r for r in records if r["level"] in ("warning", "error") or "exception" in r] == []
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("transaction.merchant_id", b"shop-\xff"), ("transaction.card_number", b"411111111111\xc31111")],
+)
+async def test_text_that_is_not_utf8_is_invalid_argument_naming_its_field_and_not_its_bytes(
+    serve_gateway, json_logs: LogCapture, field: str, text: bytes
+) -> None:
+    request = gateway_pb2.ScoreRequest()
+    request.transaction.transaction_id = "tx-1"
+    placeholder = "x" * len(text)
+    setattr(request.transaction, field.rsplit(".", 1)[1], placeholder)
+    body = request.SerializeToString().replace(placeholder.encode(), text)
+
+    call, served = await _undecodable_call(serve_gateway, body)
+
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call.details() == f"invalid request: {field} is not valid UTF-8"
+    bad_request, info = error_details_pb2.BadRequest(), error_details_pb2.ErrorInfo()
+    first, second = (await rpc_status.aio.from_call(call)).details
+    assert first.Unpack(bad_request) and second.Unpack(info)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [(field, "is not valid UTF-8")]
+    assert info.reason == "UNDECODABLE_REQUEST"
+    assert served == []
+    # Neither the bytes nor the digits around them, anywhere the caller or an operator reads.
+    seen = (await call.details()) + json.dumps(json_logs.records())
+    assert "411111111111" not in seen
+    assert "shop-" not in seen
 
 
 async def test_field_violations_are_read_back_from_the_status_details_they_were_sent_in() -> None:
