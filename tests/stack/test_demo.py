@@ -29,6 +29,15 @@ def services_by_trace(path) -> dict[str, set[str]]:
     }
 
 
+def shown(collector: TraceCollector, path) -> str:
+    """What the demo prints of two scored calls' traces (the first flagged), writing their file to `path`."""
+    out = io.StringIO()
+    show_trace(
+        Console(file=out, width=200), collector, [scored(1, "SUSPICIOUS"), scored(2, "NOT_FRAUD")], path
+    )
+    return out.getvalue()
+
+
 def test_the_trace_file_waits_for_the_last_calls_spans(tmp_path):
     collector = TraceCollector()
     for number, service in enumerate(SERVICES, start=1):
@@ -39,21 +48,15 @@ def test_the_trace_file_waits_for_the_last_calls_spans(tmp_path):
         0.3, lambda: [collector.receive(export(s, (2, 10 + n, 10))) for n, s in enumerate(SERVICES[1:], 1)]
     )
     late.start()
-    out = io.StringIO()
     try:
-        show_trace(
-            Console(file=out, width=200),
-            collector,
-            [scored(1, "SUSPICIOUS"), scored(2, "NOT_FRAUD")],
-            tmp_path / "t.json",
-        )
+        printed = shown(collector, tmp_path / "t.json")
     finally:
         late.cancel()
 
     assert services_by_trace(tmp_path / "t.json") == {f"{1:032x}": set(SERVICES), f"{2:032x}": set(SERVICES)}
-    assert "2 traces written" in out.getvalue()
-    assert "lack" not in out.getvalue()
-    assert "no spans of Triton's" not in out.getvalue()
+    assert "2 traces written" in printed
+    assert "lack" not in printed
+    assert "no spans of Triton's" not in printed
 
 
 def test_a_trace_still_missing_spans_is_said(tmp_path, monkeypatch):
@@ -62,17 +65,10 @@ def test_a_trace_still_missing_spans_is_said(tmp_path, monkeypatch):
     for number, service in enumerate(SERVICES, start=1):
         collector.receive(export(service, (1, number, 0)))
     collector.receive(export(SERVICES[0], (2, 10, 0)))
-    out = io.StringIO()
-
-    show_trace(
-        Console(file=out, width=200),
-        collector,
-        [scored(1, "SUSPICIOUS"), scored(2, "NOT_FRAUD")],
-        tmp_path / "t.json",
-    )
+    printed = shown(collector, tmp_path / "t.json")
 
     assert services_by_trace(tmp_path / "t.json")[f"{2:032x}"] == {SERVICES[0]}
-    assert "1 of the 2 traces lack a Python service's spans" in out.getvalue()
+    assert "1 of the 2 traces lack a Python service's spans" in printed
 
 
 def test_a_trace_triton_did_not_continue_is_said_as_such(tmp_path, monkeypatch):
@@ -82,14 +78,7 @@ def test_a_trace_triton_did_not_continue_is_said_as_such(tmp_path, monkeypatch):
         for number, service in enumerate(SERVICES, start=1):
             if not (trace == 2 and service == TRITON_SERVICE_NAME):
                 collector.receive(export(service, (trace, 10 * trace + number, 0)))
-    out = io.StringIO()
+    printed = shown(collector, tmp_path / "t.json")
 
-    show_trace(
-        Console(file=out, width=200),
-        collector,
-        [scored(1, "SUSPICIOUS"), scored(2, "NOT_FRAUD")],
-        tmp_path / "t.json",
-    )
-
-    assert "1 of the 2 traces have no spans of Triton's" in out.getvalue()
-    assert "lack" not in out.getvalue()
+    assert "1 of the 2 traces have no spans of Triton's" in printed
+    assert "lack" not in printed
