@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from services.runtime.errors import FieldViolation
 
@@ -37,10 +37,9 @@ def undecodable_field(descriptor: Descriptor, body: bytes) -> FieldViolation | N
     if twin is None:
         return None
     try:
-        parsed = twin.FromString(body)
-    except DecodeError:
+        return next(_not_utf8(descriptor, twin.FromString(body), ""), None)
+    except Exception:  # noqa: BLE001 - naming the field is a courtesy: the body is refused all the same
         return None
-    return next(_not_utf8(descriptor, parsed, ""), None)
 
 
 def _not_utf8(descriptor: Descriptor, twin: Message, prefix: str) -> Iterator[FieldViolation]:
