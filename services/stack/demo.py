@@ -166,14 +166,14 @@ def show_trace(console: Console, collector: TraceCollector, results: list[Scored
     def services(c: TraceCollector, trace_id: str) -> set[str]:
         return {span.service for span in c.trace(trace_id)}
 
-    def python_side(c: TraceCollector) -> bool:
-        return all(len(services(c, r.trace_id) - {TRITON_SERVICE_NAME}) >= PYTHON_SERVICES for r in traced)
+    def python_side(c: TraceCollector, trace_id: str) -> bool:
+        return len(services(c, trace_id) - {TRITON_SERVICE_NAME}) >= PYTHON_SERVICES
 
-    def whole(c: TraceCollector) -> bool:
-        return all(len(services(c, r.trace_id)) >= PYTHON_SERVICES + 1 for r in traced)
+    def whole(c: TraceCollector, trace_id: str) -> bool:
+        return python_side(c, trace_id) and TRITON_SERVICE_NAME in services(c, trace_id)
 
-    if collector.wait_for(python_side, timeout_s=WHOLE_TRACES_WAIT_S):
-        collector.wait_for(whole, timeout_s=TRITON_LAST_BATCH_S)
+    if collector.wait_for(lambda c: all(python_side(c, r.trace_id) for r in traced), WHOLE_TRACES_WAIT_S):
+        collector.wait_for(lambda c: all(whole(c, r.trace_id) for r in traced), TRITON_LAST_BATCH_S)
     spans = collector.trace(chosen.trace_id)
     if spans:
         console.print(f"\nThe trace of {chosen.transaction_id} ({chosen.verdict}), every hop in it:")
@@ -185,9 +185,7 @@ def show_trace(console: Console, collector: TraceCollector, results: list[Scored
         "(Search, JSON File), or run deploy/'s compose file to send traces to Jaeger directly."
     )
     without_triton = sum(TRITON_SERVICE_NAME not in services(collector, r.trace_id) for r in traced)
-    partial = sum(
-        len(services(collector, r.trace_id) - {TRITON_SERVICE_NAME}) < PYTHON_SERVICES for r in traced
-    )
+    partial = sum(not python_side(collector, r.trace_id) for r in traced)
     if without_triton:
         console.print(
             f"{without_triton} of the {len(traced)} traces have no spans of Triton's: tritonserver 2.51 now "
