@@ -1,6 +1,7 @@
 """Server interceptors every scoregraph service runs."""
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -83,15 +84,54 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
-#: While a service sheds calls, the longest between two of its `request shed` lines.
-SHED_LOG_INTERVAL_S = 1.0
+#: While calls come in a flood (shed, or ended before the service took them up), the longest between two of
+#: the lines that count them.
+SUMMARY_LOG_INTERVAL_S = 1.0
+
+
+class SummaryLine:
+    """One info line `event` at most every `SUMMARY_LOG_INTERVAL_S` for calls that come in floods, counting
+    under `count_key` the calls since the last line: a line per call would add to the load that makes
+    them. The first call of a flood is logged at once; those held back after it are logged when the
+    interval has passed, whether or not more come."""
+
+    def __init__(self, event: str, count_key: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._event = event
+        self._count_key = count_key
+        self._clock = clock
+        self._unlogged = 0
+        self._fields: dict[str, Any] = {}
+        self._last_logged = -SUMMARY_LOG_INTERVAL_S
+        self._flush_later: asyncio.TimerHandle | None = None
+
+    def add(self, **fields: Any) -> None:
+        """Count one call, whose line would carry `fields` (the last call's are logged)."""
+        self._unlogged += 1
+        self._fields = fields
+        wait = self._last_logged + SUMMARY_LOG_INTERVAL_S - self._clock()
+        if wait <= 0:
+            self.flush()
+        elif self._flush_later is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: logged with the next call's line
+                self._flush_later = asyncio.get_running_loop().call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Log the calls not logged yet, if any."""
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
+        if self._unlogged:
+            log.info(self._event, **self._fields, **{self._count_key: self._unlogged})
+            self._unlogged, self._last_logged = 0, self._clock()
+
+
+_SHED_CODE = grpc.StatusCode.RESOURCE_EXHAUSTED.name
 
 
 class ConcurrencyLimit(UnaryInterceptor):
     """At most `limit` of the service's own calls in flight; one more is answered RESOURCE_EXHAUSTED at
     once, counted and traced as any failed call is. Health checks and reflection are never refused. While
-    calls are shed, one `request shed` line a second says how many: a line per shed call would add to the
-    overload it reports.
+    calls are shed, one `request shed` line a second says how many (`SummaryLine`).
 
     gRPC's own limit (the server's `maximum_concurrent_rpcs`) refuses calls before any interceptor runs:
     no metric, span or log line saw the calls a busy service shed, and health checks were refused with
@@ -104,17 +144,15 @@ class ConcurrencyLimit(UnaryInterceptor):
         super().__init__()
         self.limit = limit
         self.in_flight = 0
-        self._clock = clock
         self._refusal = to_status(
             Overloaded(f"overloaded: at the limit of calls in flight ({limit}); retry with backoff")
         )
-        self._shed_unlogged = 0
-        self._last_logged = -SHED_LOG_INTERVAL_S
+        self.shed_line = SummaryLine("request shed", "shed", clock)
 
     def wrap(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self.in_flight >= self.limit:
-                self._shed(method)
+                self.shed_line.add(method=method, code=_SHED_CODE, limit=self.limit)
                 await context.abort_with_status(self._refusal)
                 raise AssertionError("unreachable: abort_with_status raises")
             self.in_flight += 1
@@ -124,19 +162,6 @@ class ConcurrencyLimit(UnaryInterceptor):
                 self.in_flight -= 1
 
         return limited
-
-    def _shed(self, method: str) -> None:
-        self._shed_unlogged += 1
-        now = self._clock()
-        if now - self._last_logged >= SHED_LOG_INTERVAL_S:
-            log.info(
-                "request shed",
-                method=method,
-                code=grpc.StatusCode.RESOURCE_EXHAUSTED.name,
-                limit=self.limit,
-                shed=self._shed_unlogged,
-            )
-            self._shed_unlogged, self._last_logged = 0, now
 
 
 class StatusInterceptor(UnaryInterceptor):

@@ -40,6 +40,13 @@ RPC_SERVER_DURATION = Histogram(
     ["rpc_service", "rpc_method", "grpc_code"],
     buckets=LATENCY_BUCKETS_S,
 )
+RPC_SERVER_UNSERVED = Counter(
+    "scoregraph_rpc_server_unserved",
+    "RPCs that ended before the service took them up, by method: their deadline passed, or their caller "
+    "cancelled them, while they waited for a busy server; gRPC itself answered them DEADLINE_EXCEEDED or "
+    "CANCELLED. Not in scoregraph_rpc_server_requests_total, which counts the calls served.",
+    ["rpc_service", "rpc_method"],
+)
 UPSTREAM_REQUESTS = Counter(
     "scoregraph_upstream_requests",
     "Calls to an upstream hop (each attempt, hedge and retry counts), by hop and the gRPC status code it "

@@ -175,6 +175,11 @@ class GrpcServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.grace_period_s)
         self._server = None
+        # The calls a summary line held back, which would have been logged a moment later.
+        self._telemetry.unserved_line.flush()
+        self._telemetry.late_line.flush()
+        for limit in self._limit:
+            limit.shed_line.flush()
         log.info("stopped")
 
 

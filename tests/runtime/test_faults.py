@@ -12,8 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from services.runtime import interceptors
 from services.runtime.faults import FaultInterceptor, fault_interceptors
-from services.runtime.interceptors import ConcurrencyLimit
+from services.runtime.interceptors import ConcurrencyLimit, SummaryLine
 from tests.runtime.conftest import LogCapture
 from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, runtime_settings
 
@@ -175,3 +176,23 @@ async def test_while_calls_are_shed_one_line_a_second_counts_them(json_logs) -> 
     assert limit.in_flight == 0
     # At 100.0 the first; 100.3 and 100.6 held back; at 101.1 a second saying 3 (those two and itself).
     assert [r["shed"] for r in json_logs.records() if r["event"] == "request shed"] == [1, 3]
+
+
+async def test_the_calls_a_summary_line_held_back_are_logged_when_its_interval_has_passed(
+    monkeypatch, json_logs
+) -> None:
+    # Before, they waited for the next call's line, which after the end of a burst never came.
+    monkeypatch.setattr(interceptors, "SUMMARY_LOG_INTERVAL_S", 0.1)
+    line = SummaryLine("request shed", "shed")
+    for _ in range(3):
+        line.add(method="/a/B")
+    logged = [r["shed"] for r in json_logs.records() if r["event"] == "request shed"]
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(json_logs.records()) > len(logged):
+            break
+
+    assert logged == [1]
+    assert [r["shed"] for r in json_logs.records() if r["event"] == "request shed"] == [1, 2]
+    line.flush()  # nothing is left to log
+    assert [r["shed"] for r in json_logs.records() if r["event"] == "request shed"] == [1, 2]

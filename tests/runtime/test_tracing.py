@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -20,15 +21,16 @@ from prometheus_client import REGISTRY
 from scoregraph.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.predict.tritonserver import trace_args
-from services.runtime import tracing
-from services.runtime.errors import FieldViolation, InvalidInput
+from services.runtime import interceptors, tracing
+from services.runtime.errors import DeadlineExceeded, FieldViolation, InvalidInput, UpstreamFailed
 from services.runtime.otlp import OTLPGrpcSpanExporter as GrpcExporter
 from services.runtime.otlp import OTLPHttpSpanExporter as HttpExporter
+from services.runtime.server import GrpcServer
 from services.runtime.settings import InvalidSettings
 from services.runtime.spans import LeanTracerProvider
 from services.runtime.tracing import AllowListedAttributes, otlp_exporter
 from services.stack.collector import TraceCollector
-from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME
+from tests.runtime.scripted_gateway import GATEWAY_SERVICE_NAME, gateway_registration, runtime_settings
 
 TEST_PAN = "4111111111111111"
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -188,6 +190,93 @@ async def test_a_call_that_ends_unanswered_is_counted_and_logged_with_why(
         code,
         f"{span.context.trace_id:032x}",
     )
+
+
+@pytest.mark.parametrize("answer", ["OK", "DEADLINE_EXCEEDED", "UNAVAILABLE"])
+async def test_an_answer_ready_after_the_deadline_is_counted_as_the_caller_saw_it(
+    serve_gateway, spans, json_logs, monkeypatch, answer
+):
+    # The caller got DEADLINE_EXCEEDED, but the service counted OK an answer ready too late, and UNKNOWN
+    # an error status gRPC could no longer send (170 and 228 calls of a 3000-call flood).
+    monkeypatch.setattr(interceptors, "SUMMARY_LOG_INTERVAL_S", 0.0)
+
+    async def score(request):
+        time.sleep(0.3)  # busy past the deadline, as a saturated event loop is
+        if answer == "DEADLINE_EXCEEDED":
+            raise DeadlineExceeded("deadline too short: 0.0 ms left, features not called", hop="features")
+        if answer == "UNAVAILABLE":
+            raise UpstreamFailed("features", grpc.StatusCode.UNAVAILABLE, "features unavailable")
+        return gateway_pb2.ScoreResponse()
+
+    channel = await serve_gateway(score)
+    before = {code: server_requests(code) for code in ("OK", "DEADLINE_EXCEEDED", "UNKNOWN", answer)}
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_pb2_grpc.GatewayServiceStub(channel).Score(gateway_pb2.ScoreRequest(), timeout=0.2)
+    [span] = await finished_spans(spans, 1)
+
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert server_requests("DEADLINE_EXCEEDED") == before["DEADLINE_EXCEEDED"] + 1
+    assert server_requests(answer) == before[answer] + (answer == "DEADLINE_EXCEEDED")
+    assert server_requests("UNKNOWN") == before["UNKNOWN"]
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert span.attributes["error.type"] == "DEADLINE_EXCEEDED"
+    late = [
+        (r["answered"], r["code"], r["late"]) for r in json_logs.records() if r["event"] == "response late"
+    ]
+    # A servicer that answered DEADLINE_EXCEEDED itself said so in its own line.
+    assert late == ([] if answer == "DEADLINE_EXCEEDED" else [(answer, "DEADLINE_EXCEEDED", 1)])
+
+
+def unserved_calls() -> float:
+    labels = {"rpc_service": GATEWAY_SERVICE_NAME, "rpc_method": "Score"}
+    return REGISTRY.get_sample_value("scoregraph_rpc_server_unserved_total", labels) or 0.0
+
+
+async def test_calls_that_end_before_a_busy_server_takes_them_up_are_counted_and_logged(
+    monkeypatch, json_logs
+):
+    # A call whose deadline passes while the server is too busy to take it up is answered by gRPC itself:
+    # no servicer runs, and no metric or log line saw it (2394 calls of a flood of 3000). Here the first
+    # call holds the event loop, as a saturated service does, while calls with a short deadline arrive.
+    monkeypatch.setattr(interceptors, "SUMMARY_LOG_INTERVAL_S", 0.2)
+    calls = 20
+
+    async def score(request):
+        if request.transaction.transaction_id == "hold":
+            time.sleep(0.6)
+        return gateway_pb2.ScoreResponse()
+
+    server = GrpcServer(runtime_settings(grace_period_s=0.1), [gateway_registration(score)])
+    await server.start()
+
+    def flood() -> list[str]:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            stub.Score(gateway_pb2.ScoreRequest(), timeout=5)
+            hold = gateway_pb2.ScoreRequest(transaction=gateway_pb2.Transaction(transaction_id="hold"))
+            holding = stub.Score.future(hold, timeout=5)
+            time.sleep(0.1)
+            futures = [stub.Score.future(gateway_pb2.ScoreRequest(), timeout=0.2) for _ in range(calls)]
+            holding.result()
+            return [future.code().name for future in futures]
+
+    try:
+        served_before, unserved_before = server_requests("DEADLINE_EXCEEDED"), unserved_calls()
+        codes = await asyncio.to_thread(flood)
+        await asyncio.sleep(0.4)  # the held-back line's interval
+    finally:
+        await server.stop()
+
+    assert codes == ["DEADLINE_EXCEEDED"] * calls
+    unserved = unserved_calls() - unserved_before
+    # Each call seen once: unserved, or served and cancelled at its deadline.
+    assert unserved + server_requests("DEADLINE_EXCEEDED") - served_before == calls
+    assert unserved >= 1
+    lines = [record for record in json_logs.records() if record["event"] == "request unserved"]
+    assert sum(line["unserved"] for line in lines) == unserved
+    assert {line["method"] for line in lines} == {"/scoregraph.gateway.v1.GatewayService/Score"}
+    # The served calls, the first and the one that held the loop, are not among them.
+    assert server_requests("OK") >= 2
 
 
 async def test_health_checks_are_not_traced(serve_gateway, spans):
