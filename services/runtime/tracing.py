@@ -250,11 +250,11 @@ class TelemetryInterceptor(UnaryInterceptor):
     one whose deadline passes, or whose caller cancels it, meanwhile is answered by gRPC itself (its
     request never read, no servicer called). Those are counted in `scoregraph_rpc_server_unserved_total`
     and in a `request unserved` line a second (`SummaryLine`); in a flood of 3000 calls at once (2 s
-    deadline) they were 1305 to 2347 of them, and no metric or log line saw them. And a servicer whose answer is
-    ready only after the call's deadline has passed answered nothing: gRPC has answered DEADLINE_EXCEEDED.
-    Such a call is counted and traced DEADLINE_EXCEEDED (it was counted OK, or UNKNOWN for an error status
-    gRPC could no longer send: 170 and 228 calls of the same flood), and an answer other than
-    DEADLINE_EXCEEDED is logged in a `response late` line a second.
+    deadline) they were 1305 to 2347 of them, and no metric or log line saw them. And a servicer whose
+    answer is ready only after the call's deadline has passed answered nothing: gRPC has answered
+    DEADLINE_EXCEEDED. Such a call is counted and traced DEADLINE_EXCEEDED (it was counted OK, or UNKNOWN
+    for an error status gRPC could no longer send: 170 and 228 calls of the same flood), and an answer
+    other than DEADLINE_EXCEEDED is logged in a `response late` line a second.
     """
 
     passed_through = UNTRACED_SERVICES
