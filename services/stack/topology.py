@@ -117,10 +117,13 @@ def _fault_env(settings: StackSettings, name: str, prefix: str) -> dict[str, str
 def processes(settings: StackSettings) -> list[StackProcess]:
     host = settings.host
     metrics = iter(range(settings.metrics_port, settings.metrics_port + 100))
+    # The gateway's first, as documented (a Prometheus port of `metrics_port` is the gateway's, as each
+    # service's default is): it was the last, behind every replica's.
+    gateway_metrics_port = next(metrics)
     common = {"GRACE_PERIOD_S": str(settings.grace_period_s), "HOST": host}
 
-    def service_env(prefix: str, port: int, **extra: str) -> dict[str, str]:
-        values = {**common, "PORT": str(port), "METRICS_PORT": str(next(metrics)), **extra}
+    def service_env(prefix: str, port: int, metrics_port: int, **extra: str) -> dict[str, str]:
+        values = {**common, "PORT": str(port), "METRICS_PORT": str(metrics_port), **extra}
         return {f"SCOREGRAPH_{prefix}_{key}": value for key, value in values.items()}
 
     replica_argv = _respawning if settings.respawn_killed_replicas else list
@@ -160,11 +163,12 @@ def processes(settings: StackSettings) -> list[StackProcess]:
     ):
         for i, address in enumerate(addresses):
             name, prefix = f"{service}-{i}", service.upper()
-            env = {**service_env(prefix, first_port + i), **_fault_env(settings, name, prefix)}
+            env = {**service_env(prefix, first_port + i, next(metrics)), **_fault_env(settings, name, prefix)}
             out.append(StackProcess(name, replica_argv(_python(f"services.{service}")), env, address))
     gateway_env = service_env(
         "GATEWAY",
         settings.gateway_port,
+        gateway_metrics_port,
         FEATURES_ADDRESSES=",".join(features),
         POSTPROCESS_ADDRESSES=",".join(postprocess),
         TRITON_ADDRESSES=",".join(triton),

@@ -38,6 +38,21 @@ def test_the_gateway_is_wired_to_every_replica_and_no_two_processes_share_a_port
     assert sorted(ports) == sorted(listening_ports(settings))
 
 
+def test_the_gateway_serves_its_metrics_on_the_stacks_first_metrics_port():
+    # As documented, and as each service's own default (gateway 9464, features 9465, postprocess 9466):
+    # 9464 was features-0's, the gateway's the last of them.
+    stack = processes(StackSettings(metrics_port=9464, features_replicas=2, postprocess_replicas=2))
+    metrics = {p.name: int(v) for p in stack for k, v in p.env.items() if k.endswith("_METRICS_PORT")}
+
+    assert metrics == {
+        "gateway": 9464,
+        "features-0": 9465,
+        "features-1": 9466,
+        "postprocess-0": 9467,
+        "postprocess-1": 9468,
+    }
+
+
 def test_every_process_has_a_health_address_to_wait_on():
     stack = processes(StackSettings())
     assert [p.name for p in stack] == [
