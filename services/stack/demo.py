@@ -188,8 +188,8 @@ def show_trace(console: Console, collector: TraceCollector, results: list[Scored
     partial = sum(not python_side(collector, r.trace_id) for r in traced)
     if without_triton:
         console.print(
-            f"{without_triton} of the {len(traced)} traces have no spans of Triton's: tritonserver 2.51 now "
-            "and then ignores a request's traceparent (2-4 calls in 100), and traces nothing of that call."
+            f"{without_triton} of the {len(traced)} traces have no spans of Triton's: tritonserver 2.51's "
+            "gRPC endpoint loses the traceparent of 2-6 calls in 100, and traces nothing of such a call."
         )
     if partial:
         console.print(
