@@ -269,7 +269,6 @@ class TelemetryInterceptor(UnaryInterceptor):
         self.server_port: int | None = None
         # The calls taken up whose servicer has not run yet, by the task gRPC runs each in.
         self._waiting: dict[asyncio.Task[Any], str] = {}
-        self._unserved_series: dict[str, Any] = {}
         self.unserved_line = SummaryLine("request unserved", "unserved")
         self.late_line = SummaryLine("response late", "late")
 
@@ -281,7 +280,7 @@ class TelemetryInterceptor(UnaryInterceptor):
         handler = await super().intercept_service(continuation, handler_call_details)
         method = handler_call_details.method
         observed = self._handlers.get(method)
-        if handler is not None and observed is not None and observed[1] is handler:
+        if observed is not None and observed[1] is handler:
             # grpc.aio runs the whole call, servicer included, in this task. If the task ends with the
             # call still waiting here, gRPC ended the call before its servicer ran.
             task = asyncio.current_task()
@@ -294,11 +293,7 @@ class TelemetryInterceptor(UnaryInterceptor):
         method = self._waiting.pop(task, None)
         if method is None:
             return
-        counter = self._unserved_series.get(method)
-        if counter is None:
-            counter = metrics.RPC_SERVER_UNSERVED.labels(*_split_method(method))
-            self._unserved_series[method] = counter
-        counter.inc()
+        metrics.RPC_SERVER_UNSERVED.labels(*_split_method(method)).inc()
         self.unserved_line.add(
             method=method, reason="ended before it was taken up: deadline passed or caller cancelled"
         )
