@@ -20,10 +20,10 @@ SCORE_SPAN = "scoregraph.gateway.v1.GatewayService/Score"
 TRITON_SERVICE = "scoregraph-triton"
 PYTHON_SERVICES = {"scoregraph-gateway", "scoregraph-features", "scoregraph-postprocess"}
 #: tritonserver 2.51 (nvidia-pytriton 0.7.0) loses the traceparent of 2-6 gRPC calls in 100 (tritonclient
-#: calling it directly too, so not the gateway's doing; its HTTP endpoint loses none, and over gRPC the loss
-#: follows what its heap holds: a read past the header's value) and, tracing only requests that come with
-#: one, traces nothing of that call. It loses fewer while its heap is fresh, as in a test's first calls. Of
-#: the traced calls a test makes, this many may lack Triton's spans.
+#: calling it directly too, so not the gateway's doing; its HTTP endpoint loses none): its gRPC frontend
+#: takes the value's length with strlen, and gRPC does not end the value with a NUL. Tracing only requests
+#: that come with a context, it traces nothing of that call. It loses fewer while its heap is fresh, as in
+#: a test's first calls. Of the traced calls a test makes, this many may lack Triton's spans.
 UNCONTINUED_BY_TRITON = 2
 
 
