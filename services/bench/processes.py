@@ -38,6 +38,8 @@ OTLP_GRPC_PORT = 32517
 OTLP_HTTP_PORT = 32518
 #: First of the metadata cost's five postprocess servers (services.bench.metadata_cost): 32600-32641.
 METADATA_COST_PORT = 32600
+#: tritonserver's gRPC, HTTP and metrics ports in services.bench.triton_traceparent: 32650-32652.
+TRITON_TRACEPARENT_PORT = 32650
 
 
 def stack_ports(first: int) -> dict[str, int]:

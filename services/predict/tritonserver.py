@@ -193,7 +193,10 @@ def server_command(
     model_control_mode: str = "none",
     installation: TritonInstallation | None = None,
     extra_args: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> ServerCommand:
+    """tritonserver's command line and environment; its trace options and environment from `environ`
+    (default: this process's)."""
     if model_control_mode not in MODEL_CONTROL_MODES:
         raise ValueError(
             f"model control mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}"
@@ -218,10 +221,10 @@ def server_command(
     ]
     if model_control_mode == "explicit":
         argv.append("--load-model=*")
-    argv.extend(trace_args(os.environ))
+    env = dict(os.environ if environ is None else environ)
+    argv.extend(trace_args(env))
     argv.extend(extra_args)
 
-    env = dict(os.environ)
     # The stub's Python must see the triton environment's packages and nothing else.
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)

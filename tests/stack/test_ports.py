@@ -42,6 +42,7 @@ STACKS = {
         bench.OTLP_GRPC_PORT,
         bench.OTLP_HTTP_PORT,
         *(metadata_cost.port_of(i) + j for i in range(len(metadata_cost.MODES)) for j in (0, 1)),
+        *(bench.TRITON_TRACEPARENT_PORT + i for i in range(3)),
     },
 }
 
