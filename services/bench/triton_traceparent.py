@@ -41,7 +41,7 @@ from tritonclient.utils import InferenceServerException
 from services.bench.processes import TRITON_TRACEPARENT_PORT
 from services.predict.tritonserver import server_command
 from services.stack.collector import TraceCollector
-from services.stack.topology import StackSettings
+from services.stack.topology import StackSettings, unproxied_loopback
 
 #: How long the receiver waits for tritonserver's last batch (its exporter runs 100 ms apart here).
 EXPORT_WAIT_S = 3.0
@@ -85,7 +85,9 @@ def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float =
         metrics_port=metrics_port,
         environ={**os.environ, **environ},
     )
-    env = dict(command.env)
+    # tritonserver's exporter (libcurl) honours http_proxy: a proxy set for the package registries must not
+    # take its posts to the receiver.
+    env = unproxied_loopback(dict(command.env))
     if perturb is not None:
         env["MALLOC_PERTURB_"] = str(perturb)
     log = out / "tritonserver.log"
@@ -96,7 +98,10 @@ def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float =
             command.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        # Nor through a proxy for this process's own calls (grpc honours http_proxy too).
+        client = triton.InferenceServerClient(
+            f"127.0.0.1:{grpc_port}", channel_args=[("grpc.enable_http_proxy", 0)]
+        )
         _wait_until_ready(client, server, log)
         model = next(p.name for p in sorted(repository.iterdir()) if (p / "config.pbtxt").exists())
         tensor = client.get_model_metadata(model).inputs[0]
@@ -109,6 +114,7 @@ def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float =
                 ]
             }
         ).encode()
+        unproxied = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         sent: dict[str, list[str]] = {"gRPC": [], "HTTP": []}
         for _ in range(calls):
             trace_id, header = _traceparent()
@@ -123,7 +129,7 @@ def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float =
                 data=body,
                 headers={"traceparent": header, "Content-Type": "application/json"},
             )
-            with urllib.request.urlopen(http_request, timeout=10) as response:
+            with unproxied.open(http_request, timeout=10) as response:
                 response.read()
             sent["HTTP"].append(trace_id)
             time.sleep(gap_s)

@@ -223,6 +223,11 @@ def process_env(process: StackProcess) -> dict[str, str]:
     env = {**os.environ, **process.env}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    return unproxied_loopback(env)
+
+
+def unproxied_loopback(env: dict[str, str]) -> dict[str, str]:
+    """`env` with loopback added to its `no_proxy` and `NO_PROXY`."""
     for name in ("no_proxy", "NO_PROXY"):
         hosts = [h for h in env.get(name, "").split(",") if h.strip()]
         env[name] = ",".join([*hosts, *(h for h in _LOOPBACK if h not in hosts)])
