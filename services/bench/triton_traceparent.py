@@ -85,8 +85,9 @@ def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float =
         metrics_port=metrics_port,
         environ={**os.environ, **environ},
     )
-    # tritonserver's exporter (libcurl) honours http_proxy: a proxy set for the package registries must not
-    # take its posts to the receiver.
+    # Loopback unproxied, as the stack has it. tritonserver 2.51's exporter posts through http_proxy all the
+    # same (seen with http_proxy set: every post refused by the proxy), so with a proxy set this measures
+    # nothing; the stack's Triton, given the same variables, would lose its spans the same way.
     env = unproxied_loopback(dict(command.env))
     if perturb is not None:
         env["MALLOC_PERTURB_"] = str(perturb)
