@@ -70,39 +70,42 @@ def _traceparent() -> tuple[str, str]:
 def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float = 0.002) -> list[Continued]:
     """`calls` inferences over each endpoint, alternately; what tritonserver continued of each."""
     grpc_port, http_port, metrics_port = (TRITON_TRACEPARENT_PORT + i for i in range(3))
-    receiver = TraceCollector(max_traces=4 * calls + 100).start()
-    environ = {
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
-        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-        "OTEL_BSP_SCHEDULE_DELAY": str(SCHEDULE_DELAY_MS),
-    }
-    repository = StackSettings().model_repository
-    command = server_command(
-        repository,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        metrics_port=metrics_port,
-        environ={**os.environ, **environ},
-    )
-    # Loopback unproxied, as the stack has it. tritonserver 2.51's exporter posts through http_proxy all the
-    # same (seen with http_proxy set: every post refused by the proxy), so with a proxy set this measures
-    # nothing; the stack's Triton, given the same variables, would lose its spans the same way.
-    env = unproxied_loopback(dict(command.env))
-    if perturb is not None:
-        env["MALLOC_PERTURB_"] = str(perturb)
-    log = out / "tritonserver.log"
-    with log.open("wb") as log_file:
-        # Its environment as server_command made it (no PYTHONPATH: the stubs' Python is the triton
-        # environment's), in a session of its own, so its Python-backend stubs stop with it.
-        server = subprocess.Popen(
-            command.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    with contextlib.ExitStack() as cleanup:
+        receiver = TraceCollector(max_traces=4 * calls + 100).start()
+        cleanup.callback(receiver.stop)
+        environ = {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": str(SCHEDULE_DELAY_MS),
+        }
+        repository = StackSettings().model_repository
+        command = server_command(
+            repository,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            environ={**os.environ, **environ},
         )
-    try:
+        # Loopback unproxied, as the stack has it. tritonserver 2.51's exporter posts through http_proxy
+        # all the same (seen with http_proxy set: every post refused by the proxy), so with a proxy set this
+        # measures nothing; the stack's Triton, given the same variables, would lose its spans the same way.
+        env = unproxied_loopback(dict(command.env))
+        if perturb is not None:
+            env["MALLOC_PERTURB_"] = str(perturb)
+        log = out / "tritonserver.log"
+        with log.open("wb") as log_file:
+            # Its environment as server_command made it (no PYTHONPATH: the stubs' Python is the triton
+            # environment's), in a session of its own, so its Python-backend stubs stop with it.
+            server = subprocess.Popen(
+                command.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        cleanup.callback(_stop, server)
         # Nor through a proxy for this process's own calls (grpc honours http_proxy too).
         client = triton.InferenceServerClient(
             f"127.0.0.1:{grpc_port}", channel_args=[("grpc.enable_http_proxy", 0)]
         )
+        cleanup.callback(client.close)
         _wait_until_ready(client, server, log)
         model = next(p.name for p in sorted(repository.iterdir()) if (p / "config.pbtxt").exists())
         tensor = client.get_model_metadata(model).inputs[0]
@@ -134,16 +137,12 @@ def measure(calls: int, out: Path, *, perturb: int | None = None, gap_s: float =
                 response.read()
             sent["HTTP"].append(trace_id)
             time.sleep(gap_s)
-        client.close()
         everything = [t for ids in sent.values() for t in ids]
         receiver.wait_for(lambda r: all(r.trace(t) for t in everything), EXPORT_WAIT_S)
         return [
             Continued(endpoint, len(ids), sum(1 for t in ids if receiver.trace(t)))
             for endpoint, ids in sent.items()
         ]
-    finally:
-        _stop(server)
-        receiver.stop()
 
 
 def _wait_until_ready(client: triton.InferenceServerClient, server: subprocess.Popen, log: Path) -> None:
